@@ -1,0 +1,104 @@
+"""Who is this device? What the network saw for the client's IP, checked against the claim."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.errors import SchoolgateError
+from service.models import AccountingSession, NasClient, Site
+
+log = logging.getLogger("schoolgate.portal")
+
+
+class Unidentified(SchoolgateError):
+    """No open accounting session for this client IP: the portal cannot tell who it is."""
+
+
+class Mismatch(SchoolgateError):
+    """The controller's redirect named a different MAC from the one the network saw."""
+
+
+@dataclass(frozen=True)
+class Client:
+    ip: str
+    mac: str
+    site_code: str
+    nas_identifier: str | None
+    called_station_id: str | None
+    nas_port_id: str | None
+
+
+def identify(session: Session, ip: str, claimed_mac: str | None = None) -> Client:
+    """The device behind `ip`, from its open accounting session (newest first).
+
+    A MAC in the redirect URL only has to agree: a different one is refused and logged.
+    """
+    row = session.scalar(
+        select(AccountingSession)
+        .where(AccountingSession.framed_ip == ip, AccountingSession.stopped_at.is_(None))
+        .order_by(AccountingSession.updated_at.desc(), AccountingSession.id.desc())
+        .limit(1)
+    )
+    if row is None or not row.mac:
+        return _from_lease(session, ip, claimed_mac)
+    if claimed_mac is not None and claimed_mac != row.mac:
+        log.warning(
+            "portal: redirect claimed MAC %s but the session for %s is %s: refused",
+            claimed_mac,
+            ip,
+            row.mac,
+        )
+        raise Mismatch(f"redirect MAC {claimed_mac} does not match the network's {row.mac}")
+    site_code = row.site_code
+    if site_code is None and row.nas_id is not None:
+        site_code = session.scalar(
+            select(Site.code)
+            .join(NasClient, NasClient.site_id == Site.id)
+            .where(NasClient.id == row.nas_id)
+        )
+    if site_code is None or session.scalar(select(Site.id).where(Site.code == site_code)) is None:
+        raise Unidentified(f"the session for {ip} is at no known site ({site_code})")
+    return Client(
+        ip=ip,
+        mac=row.mac,
+        site_code=site_code,
+        nas_identifier=row.nas_identifier,
+        called_station_id=row.called_station_id,
+        nas_port_id=row.nas_port_id,
+    )
+
+
+def _from_lease(session: Session, ip: str, claimed_mac: str | None) -> Client:
+    """No accounting for this IP: a current DHCP lease the monitor saw will do (wired ports
+    and controllers that send no Framed-IP-Address)."""
+    from service.models.traffic import TrafficBinding
+
+    lease = session.scalar(
+        select(TrafficBinding)
+        .where(TrafficBinding.ip == ip, TrafficBinding.is_lease.is_(True))
+        .order_by(TrafficBinding.seen_at.desc(), TrafficBinding.id.desc())
+        .limit(1)
+    )
+    now = datetime.now(UTC)
+    if (
+        lease is None
+        or lease.site_code is None
+        or lease.seen_at + timedelta(seconds=lease.lease_seconds or 3600) < now
+    ):
+        raise Unidentified(f"no open network session or DHCP lease for {ip}")
+    if claimed_mac is not None and claimed_mac != lease.mac:
+        log.warning(
+            "portal: redirect claimed MAC %s but the DHCP lease for %s is %s: refused",
+            claimed_mac,
+            ip,
+            lease.mac,
+        )
+        raise Mismatch(f"redirect MAC {claimed_mac} does not match the network's {lease.mac}")
+    if session.scalar(select(Site.id).where(Site.code == lease.site_code)) is None:
+        raise Unidentified(f"the lease for {ip} is at no known site ({lease.site_code})")
+    return Client(ip, lease.mac, lease.site_code, None, None, None)

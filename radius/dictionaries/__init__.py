@@ -1,0 +1,1 @@
+"""The RADIUS dictionaries shipped with schoolgate (package data; see `radius.codec`)."""

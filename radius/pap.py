@@ -1,0 +1,64 @@
+"""PAP: a person's own password, checked with argon2 against the snapshot's credentials.
+
+argon2 is slow by design (tens of milliseconds and 64 MiB per check with argon2-cffi's
+defaults), so the server runs checks in a thread pool, never on the event loop, and remembers
+a success for `ttl` seconds: a keyed HMAC of the password, tied to the stored hash (a new
+password or a changed hash misses the cache). Failures are never cached.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import threading
+import time
+
+from service.facts import Credential
+from service.people import verify_password
+
+
+class PapVerifier:
+    def __init__(self, ttl: float = 300.0) -> None:
+        self._ttl = ttl
+        self._key = os.urandom(32)
+        self._ok: dict[str, tuple[str, bytes, float]] = {}
+        self._lock = threading.Lock()
+        self.argon2_checks = 0
+
+    def _digest(self, password: bytes) -> bytes:
+        return hmac.digest(self._key, password, "sha256")
+
+    def cached(self, credential: Credential, password: bytes) -> bool:
+        """True when this password was verified for this stored hash within `ttl`."""
+        entry = self._ok.get(credential.username.lower())
+        if entry is None:
+            return False
+        stored_hash, digest, expires = entry
+        return (
+            stored_hash == credential.password_hash
+            and expires > time.monotonic()
+            and hmac.compare_digest(digest, self._digest(password))
+        )
+
+    def verify(self, credential: Credential, password: bytes) -> bool:
+        """argon2 verification (slow; call from a worker thread)."""
+        if not credential.password_hash:
+            return False
+        if self.cached(credential, password):
+            return True
+        self.argon2_checks += 1
+        try:
+            text = password.decode()
+        except UnicodeDecodeError:
+            return False
+        ok = verify_password(credential.password_hash, text)
+        if ok:
+            with self._lock:
+                if len(self._ok) > 100_000:
+                    self._ok.clear()
+                self._ok[credential.username.lower()] = (
+                    credential.password_hash,
+                    self._digest(password),
+                    time.monotonic() + self._ttl,
+                )
+        return ok

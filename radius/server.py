@@ -1,0 +1,373 @@
+"""`schoolgate radius serve`: asyncio UDP endpoints around the authorizer, N worker processes.
+
+Each worker owns SO_REUSEPORT sockets on the auth and accounting ports (the kernel spreads
+NAS source addresses over the workers, so a retransmission reaches the worker that holds its
+cached answer), its own snapshot keeper thread, writer thread and argon2 thread pool.
+SIGTERM/SIGINT stop a worker cleanly: no new requests, queued accounting written and
+answered, the decision log flushed, the counters logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from radius.authorizer import Authorizer, PapJob
+from radius.counters import Counters
+from radius.decision_log import DecisionLog
+from radius.snapshot import HotState, SnapshotKeeper, load_state
+from radius.writer import AcctTicket, LogWriter
+from service.config import Settings
+from service.db import make_engine, make_session_factory
+
+log = logging.getLogger("schoolgate.radius")
+
+COUNTER_LOG_SECONDS = 60.0
+DRAIN_LIMIT = 256
+FLUSH_SECONDS = 0.05
+MAX_DATAGRAM = 8192
+RECEIVE_BUFFER = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    host: str = "0.0.0.0"  # noqa: S104 - a RADIUS server listens for the site's NAS clients
+    auth_port: int = 1812
+    acct_port: int = 1813
+    workers: int = 1
+    pap_threads: int = 2
+    coa_dispatcher: bool = True
+
+
+class _Endpoint:
+    """One UDP port, read with `loop.add_reader`: each wake-up drains every datagram waiting
+    (up to `DRAIN_LIMIT`), where asyncio's datagram transport takes one per loop iteration.
+    Replies go out with a non-blocking sendto; a full send buffer drops the reply (counted),
+    the NAS retransmits and the duplicate cache answers. Every datagram is handled inside
+    the loop-boundary try: one bad packet never stops the server."""
+
+    def __init__(
+        self,
+        worker: Worker,
+        sock: socket.socket,
+        handle: Callable[[bytes, tuple[str, int]], Any],
+    ) -> None:
+        self.worker = worker
+        self.sock = sock
+        self.handle = handle
+        self.closed = False
+
+    def sendto(self, data: bytes, address: tuple[str, int]) -> None:
+        if self.closed:
+            return
+        try:
+            self.sock.sendto(data, address)
+        except (BlockingIOError, InterruptedError):
+            self.worker.counters.drop("send_buffer_full")
+        except OSError as exc:
+            self.worker.counters.drop("send_error")
+            log.debug("sendto %s failed: %s", address, exc)
+
+    def read_ready(self) -> None:
+        recvfrom = self.sock.recvfrom
+        handle = self.handle
+        sendto = self.sendto
+        counters = self.worker.counters
+        for _ in range(DRAIN_LIMIT):
+            try:
+                data, addr = recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
+                log.debug("recvfrom failed: %s", exc)
+                return
+            try:
+                result = handle(data, addr)
+            except Exception:  # the loop boundary
+                counters.drop("internal_error")
+                log.exception("error handling a packet from %s:%s", addr[0], addr[1])
+                continue
+            if result is None:
+                continue
+            if isinstance(result, bytes):
+                sendto(result, addr)
+            elif isinstance(result, PapJob):
+                self.worker.check_pap(result, self)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.sock.close()
+
+
+def bind_udp(host: str, port: int) -> socket.socket:
+    """A non-blocking UDP socket with SO_REUSEPORT (workers share the port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if hasattr(socket, "SO_REUSEPORT"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+    sock.bind((host, port))
+    sock.setblocking(False)
+    return sock
+
+
+class Worker:
+    """One process's server: endpoints, authorizer, keeper and writer."""
+
+    def __init__(self, settings: Settings, options: ServeOptions, index: int = 0) -> None:
+        self.settings = settings
+        self.options = options
+        self.index = index
+        self.counters = Counters()
+        self.decision_log = DecisionLog(settings.database_url, counters=self.counters)
+        self.decision_log.start()  # first: forked before any thread or connection exists
+        try:
+            self.engine = make_engine(settings.database_url)
+            self.factory = make_session_factory(self.engine)
+            self.loop: asyncio.AbstractEventLoop | None = None
+            self.auth: _Endpoint | None = None
+            self.acct: _Endpoint | None = None
+            self.pool = ThreadPoolExecutor(
+                max_workers=options.pap_threads, thread_name_prefix="pap"
+            )
+            self.writer = LogWriter(
+                self.factory,
+                batch_seconds=settings.radius_log_batch_seconds,
+                counters=self.counters,
+                deliver=self._deliver_from_thread,
+                give_up=self._give_up_from_thread,
+            )
+            state = load_state(self.factory)
+            self.authorizer = Authorizer(
+                state,
+                counters=self.counters,
+                writer=self.writer,
+                log_decision=self.decision_log.add,
+                duplicate_window=settings.radius_duplicate_window_seconds,
+            )
+            self.keeper = SnapshotKeeper(
+                self.engine,
+                self.factory,
+                poll_seconds=settings.radius_snapshot_poll_seconds,
+                on_swap=self._swap,
+                current_version=state.version,
+            )
+        except BaseException:
+            self.decision_log.stop()  # no orphan writer when the database is not usable
+            raise
+
+    def _swap(self, state: HotState) -> None:
+        self.authorizer.state = state  # one assignment: the hot path sees old or new, whole
+
+    # --- PAP ------------------------------------------------------------------------------
+
+    def check_pap(self, job: PapJob, endpoint: _Endpoint) -> None:
+        assert self.loop is not None
+        future = self.loop.run_in_executor(self.pool, self.authorizer.check_pap, job)
+
+        def done(fut: asyncio.Future[bool]) -> None:
+            try:
+                verified = fut.result()
+            except asyncio.CancelledError:  # shutting down: the NAS will ask again
+                return
+            except Exception:  # the loop boundary for the slow path
+                log.exception("PAP check failed for %r", job.username)
+                verified = False
+            reply = self.authorizer.finish_pap(job, verified=verified)
+            if reply is not None:
+                endpoint.sendto(reply, job.address)
+
+        future.add_done_callback(done)
+
+    # --- accounting answers from the writer thread ----------------------------------------
+
+    def _deliver_from_thread(self, tickets: Sequence[AcctTicket]) -> None:
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._deliver, tickets)
+
+    def _give_up_from_thread(self, tickets: Sequence[AcctTicket]) -> None:
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._give_up, tickets)
+
+    def _deliver(self, tickets: Sequence[AcctTicket]) -> None:
+        for ticket in tickets:
+            reply = self.authorizer.accounting_stored(ticket)
+            if self.acct is not None:
+                self.acct.sendto(reply, ticket.address)
+
+    def _give_up(self, tickets: Sequence[AcctTicket]) -> None:
+        for ticket in tickets:
+            self.authorizer.accounting_failed(ticket)
+
+    # --- life cycle -----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.loop = asyncio.get_running_loop()
+        opts = self.options
+        try:
+            auth_sock = bind_udp(opts.host, opts.auth_port)
+            acct_sock = bind_udp(opts.host, opts.acct_port)
+        except OSError:
+            self.pool.shutdown(wait=False)
+            self.decision_log.stop()
+            self.engine.dispose()
+            raise
+        self.writer.start()
+        self.keeper.start()
+        self.auth = _Endpoint(self, auth_sock, self.authorizer.handle_auth)
+        self.acct = _Endpoint(self, acct_sock, self.authorizer.handle_acct)
+        self.loop.add_reader(auth_sock.fileno(), self.auth.read_ready)
+        self.loop.add_reader(acct_sock.fileno(), self.acct.read_ready)
+        snapshot = self.authorizer.state.snapshot
+        log.info(
+            "worker %d (pid %d) listening on %s auth %d acct %d; snapshot %d: %d devices, "
+            "%d NAS clients, %d site policies",
+            self.index,
+            os.getpid(),
+            opts.host,
+            opts.auth_port,
+            opts.acct_port,
+            snapshot.version,
+            len(snapshot.devices),
+            len(snapshot.nas_clients),
+            len(snapshot.policies),
+        )
+        # Hand the decision log over often, in small batches: the pickling then never holds
+        # the GIL long enough to show in the p99 (bench/radius_load.py).
+        batch = min(FLUSH_SECONDS, max(0.01, self.settings.radius_log_batch_seconds))
+        last_purge = last_counters = self.loop.time()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=batch)
+            self.decision_log.flush()
+            now = self.loop.time()
+            if now - last_purge >= 1.0:
+                last_purge = now
+                self.authorizer.purge()
+                if not self.decision_log.alive():
+                    log.error("the decision log writer died; answers continue unlogged")
+            if now - last_counters >= COUNTER_LOG_SECONDS:
+                last_counters = now
+                log.info("worker %d counters: %s", self.index, self.counters.summary())
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        assert self.loop is not None
+        # Stop reading both ports; the accounting socket stays open to send the answers of
+        # what the writer still stores.
+        for endpoint in (self.auth, self.acct):
+            if endpoint is not None:
+                self.loop.remove_reader(endpoint.sock.fileno())
+        if self.auth is not None:
+            self.auth.close()
+        self.keeper.stop()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        await self.loop.run_in_executor(None, self.writer.stop)
+        await self.loop.run_in_executor(None, self.decision_log.stop)
+        await asyncio.sleep(0)  # let the last accounting answers go out
+        if self.acct is not None:
+            self.acct.close()
+        self.engine.dispose()
+        log.info("worker %d stopped; counters: %s", self.index, self.counters.summary())
+
+
+async def _serve_worker(settings: Settings, options: ServeOptions, index: int) -> None:
+    stop = _stop_on_signals()
+    worker = Worker(settings, options, index)
+    await worker.run(stop)
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _serve_dispatcher(settings: Settings) -> None:
+    """The CoA dispatcher, in its own process: its database work never delays an answer."""
+    from radius.coa.dispatcher import run_dispatcher
+
+    stop = _stop_on_signals()
+    engine = make_engine(settings.database_url)
+    try:
+        await run_dispatcher(make_session_factory(engine), settings, stop)
+    finally:
+        engine.dispose()
+
+
+def _run_worker(settings: Settings, options: ServeOptions, index: int) -> None:
+    asyncio.run(_serve_worker(settings, options, index))
+
+
+def _fork(name: str, run: Callable[[], None]) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 0  # the child: its own engine, threads and loop
+    try:
+        run()
+    except Exception:
+        log.exception("%s failed", name)
+        code = 1
+    finally:
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def serve(settings: Settings, options: ServeOptions) -> int:
+    """Run the server until SIGTERM/SIGINT.
+
+    Forks `options.workers` processes when > 1, and one more for the CoA dispatcher (unless
+    `options.coa_dispatcher` is off or CoA is disabled in the settings).
+    """
+    dispatcher = options.coa_dispatcher and settings.coa_enabled
+    if options.workers <= 1 and not dispatcher:
+        asyncio.run(_serve_worker(settings, options, 0))
+        return 0
+    # Probe the ports once in the parent, so a port in use is one clear error, not N.
+    for port in (options.auth_port, options.acct_port):
+        bind_udp(options.host, port).close()
+    children: dict[int, str] = {}
+    if dispatcher:
+        pid = _fork("CoA dispatcher", lambda: asyncio.run(_serve_dispatcher(settings)))
+        children[pid] = "CoA dispatcher"
+    for index in range(options.workers):
+        pid = _fork(f"worker {index}", functools.partial(_run_worker, settings, options, index))
+        children[pid] = f"worker {index}"
+
+    def forward(signum: int, _frame: Any) -> None:
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    while children:
+        try:
+            pid, wait_status = os.wait()
+        except ChildProcessError:
+            break
+        name = children.pop(pid, "a child")
+        code = os.waitstatus_to_exitcode(wait_status)
+        if code not in (0, -signal.SIGTERM, -signal.SIGINT):
+            log.error("%s (pid %d) exited with %d", name, pid, code)
+            status = 1
+            forward(signal.SIGTERM, None)  # one part down: stop all, let the supervisor restart
+    return status

@@ -1,0 +1,195 @@
+"""The in-memory state the hot path answers from, and the thread that keeps it fresh.
+
+`HotState` wraps the core's `service.facts.Snapshot` with what the packet handler needs
+precomputed: NAS clients by source address (a dict for single addresses, a list of networks
+most-specific first for CIDRs), each NAS's secret as bytes, its vendor profile and its site's
+policy. `SnapshotKeeper` polls the change counter every `radius_snapshot_poll_seconds` (and,
+on PostgreSQL, wakes on `LISTEN schoolgate_changes`), rebuilds the state off the event loop
+and swaps it in with one attribute assignment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from radius.vendors import VendorProfile, profile_for
+from service.audit import NOTIFY_CHANNEL
+from service.facts import NasInfo, Snapshot, change_version, load_snapshot
+from service.policy.model import SitePolicy
+
+log = logging.getLogger("schoolgate.radius.snapshot")
+
+_CIDR_MEMO_LIMIT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class NasEntry:
+    info: NasInfo
+    secret: bytes
+    profile: VendorProfile
+    policy: SitePolicy | None  # None when the NAS's site has no policy loaded yet
+
+
+@dataclass
+class HotState:
+    snapshot: Snapshot
+    exact: dict[str, NasEntry] = field(default_factory=dict)
+    networks: list[tuple[Any, NasEntry]] = field(default_factory=list)
+    _memo: dict[str, NasEntry | None] = field(default_factory=dict)
+
+    @property
+    def version(self) -> int:
+        return self.snapshot.version
+
+    def nas_for(self, address: str) -> NasEntry | None:
+        """The NAS client a datagram from `address` belongs to, or None (drop it)."""
+        entry = self.exact.get(address)
+        if entry is not None or not self.networks:
+            return entry
+        memo = self._memo
+        if address in memo:
+            return memo[address]
+        found: NasEntry | None = None
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            ip = None
+        if ip is not None:
+            mapped = getattr(ip, "ipv4_mapped", None)
+            for network, candidate in self.networks:
+                if ip in network or (mapped is not None and mapped in network):
+                    found = candidate
+                    break
+        if len(memo) > _CIDR_MEMO_LIMIT:
+            memo.clear()
+        memo[address] = found
+        return found
+
+
+def build_state(snapshot: Snapshot) -> HotState:
+    state = HotState(snapshot=snapshot)
+    cidrs: list[tuple[Any, NasEntry]] = []
+    for nas in snapshot.nas_clients:
+        entry = NasEntry(
+            info=nas,
+            secret=nas.secret.encode(),
+            profile=profile_for(nas.vendor),
+            policy=snapshot.policies.get(nas.site_code),
+        )
+        network = nas.network
+        if network.num_addresses == 1:
+            address = str(network.network_address)
+            state.exact.setdefault(address, entry)
+            if network.version == 4:
+                state.exact.setdefault(f"::ffff:{address}", entry)
+        else:
+            cidrs.append((network, entry))
+    cidrs.sort(key=lambda item: item[0].prefixlen, reverse=True)
+    state.networks = cidrs
+    return state
+
+
+def load_state(factory: sessionmaker[Session]) -> HotState:
+    with factory() as session, session.begin():
+        return build_state(load_snapshot(session))
+
+
+class SnapshotKeeper:
+    """Rebuilds the state when the change counter moves; `on_swap` receives each new state."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        factory: sessionmaker[Session],
+        *,
+        poll_seconds: float,
+        on_swap: Callable[[HotState], None],
+        current_version: int,
+    ) -> None:
+        self._engine = engine
+        self._factory = factory
+        self._poll = max(0.05, poll_seconds)
+        self._on_swap = on_swap
+        self._version = current_version
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="snapshot-keeper", daemon=True)
+        self.reloads = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def check_now(self) -> bool:
+        """Reload if the counter moved; True when a new state was swapped in."""
+        with self._factory() as session:
+            version = change_version(session)
+        if version == self._version:
+            return False
+        started = time.perf_counter()
+        state = load_state(self._factory)
+        self._version = state.version
+        self._on_swap(state)
+        self.reloads += 1
+        log.info(
+            "snapshot %d loaded in %.0f ms: %d devices, %d NAS clients, %d sites",
+            state.version,
+            (time.perf_counter() - started) * 1000,
+            len(state.snapshot.devices),
+            len(state.snapshot.nas_clients),
+            len(state.snapshot.policies),
+        )
+        return True
+
+    def _run(self) -> None:
+        listener = self._listen() if self._engine.dialect.name == "postgresql" else None
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.check_now()
+                except Exception:  # the loop boundary: keep the old state, try again
+                    log.exception(
+                        "snapshot reload failed; answering from version %d", self._version
+                    )
+                if listener is not None:
+                    listener = self._wait_notify(listener)
+                else:
+                    self._stop.wait(self._poll)
+        finally:
+            if listener is not None:
+                listener.close()
+
+    def _listen(self) -> Any:
+        """A psycopg connection LISTENing on the change channel, or None (then poll only)."""
+        try:
+            import psycopg
+
+            url = self._engine.url.set(drivername="postgresql")
+            conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
+            conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            return conn
+        except Exception:  # no LISTEN: the poll alone still catches every change
+            log.warning("cannot LISTEN on %s; polling only", NOTIFY_CHANNEL, exc_info=True)
+            return None
+
+    def _wait_notify(self, conn: Any) -> Any:
+        try:
+            for _ in conn.notifies(timeout=self._poll, stop_after=1):
+                break
+            return conn
+        except Exception:
+            log.warning("LISTEN connection lost; polling only", exc_info=True)
+            conn.close()
+            self._stop.wait(self._poll)
+            return None

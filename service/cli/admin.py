@@ -1,0 +1,311 @@
+"""`db`, `site`, `policy` and `nas` commands."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+from sqlalchemy import select
+
+from service import db as dbmod
+from service import registry
+from service.cli.common import JsonOption, console, get_state, parse_when, print_json, print_rows
+from service.facts import decide_for_mac, describe_facts, load_device_facts, load_policy
+from service.mac import normalize_mac
+from service.models import NasClient, Site, SitePolicy
+
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+site_app = typer.Typer(help="Schools (sites) in the trust.", no_args_is_help=True)
+policy_app = typer.Typer(
+    help="Site policies: load, show, explain a decision.", no_args_is_help=True
+)
+nas_app = typer.Typer(help="NAS clients: Wi-Fi controllers and switches.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(db_app, name="db")
+    app.add_typer(site_app, name="site")
+    app.add_typer(policy_app, name="policy")
+    app.add_typer(nas_app, name="nas")
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context) -> None:
+    """Create or migrate the schema to the newest version."""
+    state = get_state(ctx)
+    dbmod.upgrade(state.settings.database_url)
+    console.print(
+        f"database is up to date ({_safe_url(state.settings.database_url)})", highlight=False
+    )
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(dbmod.normalize_url(url)).render_as_string(hide_password=True)
+
+
+@site_app.command("add")
+def site_add(
+    ctx: typer.Context,
+    code: str = typer.Argument(..., help="Short code, e.g. westgate."),
+    name: str = typer.Option(..., "--name", help="The school's name."),
+    timezone: str = typer.Option("Europe/London", "--timezone"),
+) -> None:
+    """Add a school."""
+    state = get_state(ctx)
+    with state.transaction() as session:
+        site = registry.add_site(
+            session, code=code, name=name, timezone=timezone, actor=state.actor
+        )
+        console.print(f"added site {site.code} ({site.name}, {site.timezone})", highlight=False)
+
+
+@site_app.command("list")
+def site_list(ctx: typer.Context, as_json: bool = JsonOption) -> None:
+    """List the schools and the policy version in force at each."""
+    state = get_state(ctx)
+    with state.reading() as session:
+        rows = []
+        for site in session.scalars(select(Site).order_by(Site.code)):
+            version = session.scalar(
+                select(SitePolicy.version)
+                .where(SitePolicy.site_id == site.id)
+                .order_by(SitePolicy.version.desc())
+                .limit(1)
+            )
+            rows.append(
+                {
+                    "code": site.code,
+                    "name": site.name,
+                    "timezone": site.timezone,
+                    "policy_version": version,
+                }
+            )
+    print_rows(
+        rows,
+        ["code", "name", "timezone", "policy_version"],
+        as_json,
+        empty="no sites yet: schoolgate policy load FILE.toml creates one",
+    )
+
+
+@policy_app.command("load")
+def policy_load(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="The site's policy file (TOML)."),
+) -> None:
+    """Validate a policy file and make it the site's policy in force (creates the site)."""
+    state = get_state(ctx)
+    with state.transaction() as session:
+        row, compiled = registry.load_policy_file(session, path=file, actor=state.actor)
+        console.print(
+            f"loaded {file.name} as version {row.version} of {compiled.site}'s policy "
+            f"({len(compiled.locations)} locations, {len(compiled.rules)} rules)",
+            highlight=False,
+        )
+
+
+@policy_app.command("show")
+def policy_show(
+    ctx: typer.Context,
+    site: str = typer.Argument(..., help="Site code."),
+    as_json: bool = JsonOption,
+    raw: bool = typer.Option(False, "--raw", help="Print the TOML as loaded."),
+) -> None:
+    """Show the policy in force at a site: the matrix, locations and rules."""
+    state = get_state(ctx)
+    with state.reading() as session:
+        registry.get_site(session, site)
+        row = session.scalar(
+            select(SitePolicy)
+            .join(Site)
+            .where(Site.code == site)
+            .order_by(SitePolicy.version.desc())
+            .limit(1)
+        )
+        policy = load_policy(session, site)
+    if raw and row is not None:
+        console.print(row.toml, markup=False, highlight=False)
+        return
+    rules = [
+        {
+            "name": r.name,
+            "classes": ", ".join(sorted(c.value for c in r.classes)),
+            "access": r.access.value,
+            "days": _days_text(r.days),
+            "between": _window_text(r.window),
+            "locations": ", ".join(sorted(r.locations)) if r.locations is not None else "",
+            "except_locations": ", ".join(sorted(r.except_locations)),
+        }
+        for r in policy.rules
+    ]
+    access = [
+        {"class": c.value, "access": a.value, "vlan": policy.vlans.get(a)}
+        for c, a in policy.access.items()
+    ]
+    locations = [
+        {"location": loc.name, "matches": ", ".join(loc.patterns)} for loc in policy.locations
+    ]
+    if as_json:
+        print_json(
+            {
+                "site": policy.site,
+                "school_name": policy.school_name,
+                "timezone": policy.timezone,
+                "version": row.version if row else None,
+                "sha256": row.sha256 if row else None,
+                "vlans": {k.value: v for k, v in policy.vlans.items()},
+                "access": {k.value: v.value for k, v in policy.access.items()},
+                "visitor_aua_valid_until": policy.aua_valid_until,
+                "locations": {loc.name: list(loc.patterns) for loc in policy.locations},
+                "rules": rules,
+            }
+        )
+        return
+    console.print(
+        f"[bold]{policy.school_name}[/bold] ({policy.site}), policy version "
+        f"{row.version if row else '?'}, time zone {policy.timezone}"
+    )
+    print_rows(access, ["class", "access", "vlan"], False, title="Access by device class")
+    print_rows(locations, ["location", "matches"], False, title="Locations", empty="no locations")
+    print_rows(
+        rules,
+        ["name", "classes", "days", "between", "locations", "except_locations", "access"],
+        False,
+        title="Rules (they only narrow access)",
+        empty="no narrowing rules",
+    )
+
+
+DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _days_text(days: frozenset[int] | None) -> str:
+    return "every day" if days is None else ", ".join(DAY_NAMES[d] for d in sorted(days))
+
+
+def _window_text(window: tuple[int, int] | None) -> str:
+    if window is None:
+        return ""
+    (a, b) = window
+    return f"{a // 60:02d}:{a % 60:02d}-{b // 60:02d}:{b % 60:02d}"
+
+
+@policy_app.command("explain")
+def policy_explain(
+    ctx: typer.Context,
+    mac: str = typer.Argument(..., help="The device's MAC address, any common format."),
+    site: str | None = typer.Option(None, "--site", help="Decide as at this site."),
+    nas_id: str | None = typer.Option(None, "--nas-id", help="NAS-Identifier (e.g. AP name)."),
+    called_station: str | None = typer.Option(
+        None, "--called-station", help="Called-Station-Id: AP MAC, optionally :SSID."
+    ),
+    nas_port_id: str | None = typer.Option(None, "--nas-port-id"),
+    at: str | None = typer.Option(None, "--at", help="ISO 8601; site-local when no offset."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Say what access a device gets, and why."""
+    state = get_state(ctx)
+    canonical = normalize_mac(mac)
+    with state.reading() as session:
+        facts = load_device_facts(session, [canonical]).get(canonical)
+        code = site or (facts.site_code if facts else None)
+        tz = "Europe/London"
+        if code:
+            tz = registry.get_site(session, code).timezone
+        when = parse_when(at, tz) or datetime.now(UTC)
+        decision = decide_for_mac(
+            session,
+            canonical,
+            site_code=code,
+            nas_identifier=nas_id,
+            called_station_id=called_station,
+            nas_port_id=nas_port_id,
+            now=when,
+        )
+    result = {
+        "mac": canonical,
+        "site": code,
+        "at": when.isoformat(timespec="seconds"),
+        **decision.as_dict(),
+        "facts": describe_facts(facts),
+    }
+    if as_json:
+        print_json(result)
+        return
+    vlan = f"VLAN {decision.vlan}" if decision.vlan is not None else "Access-Reject"
+    console.print(
+        f"[bold]{canonical}[/bold] at {code}: [bold]{decision.access.value}[/bold] ({vlan})"
+    )
+    console.print(f"  why:     {decision.reason}", highlight=False)
+    console.print(f"  rule:    {decision.rule}", highlight=False)
+    if decision.location:
+        console.print(f"  where:   {decision.location}", highlight=False)
+    timeout = decision.session_timeout
+    console.print(f"  re-check in: {'-' if timeout is None else f'{timeout} s'}", highlight=False)
+
+
+@nas_app.command("add")
+def nas_add(
+    ctx: typer.Context,
+    site: str = typer.Option(..., "--site"),
+    name: str = typer.Option(..., "--name"),
+    address: str = typer.Option(..., "--address", help="IP address or CIDR the NAS sends from."),
+    secret: str = typer.Option(..., "--secret", help="RADIUS shared secret."),
+    vendor: str = typer.Option(
+        "generic", "--vendor", help="generic|cisco|aruba|unifi|meraki|ruckus"
+    ),
+    coa_port: int = typer.Option(3799, "--coa-port"),
+    allow_missing_message_authenticator: bool = typer.Option(
+        False,
+        "--allow-missing-message-authenticator",
+        help="Old kit only: accept Access-Requests without Message-Authenticator (BlastRADIUS).",
+    ),
+) -> None:
+    """Register a Wi-Fi controller or switch that may ask schoolgate."""
+    state = get_state(ctx)
+    with state.transaction() as session:
+        nas = registry.add_nas(
+            session,
+            site_code=site,
+            name=name,
+            address=address,
+            secret=secret,
+            vendor=vendor,
+            coa_port=coa_port,
+            require_message_authenticator=not allow_missing_message_authenticator,
+            actor=state.actor,
+        )
+        console.print(
+            f"added NAS {nas.name} ({nas.address}, {nas.vendor.value}) at {site}", highlight=False
+        )
+
+
+@nas_app.command("list")
+def nas_list(ctx: typer.Context, as_json: bool = JsonOption) -> None:
+    """List NAS clients (secrets are not shown)."""
+    state = get_state(ctx)
+    with state.reading() as session:
+        rows = [
+            {
+                "site": code,
+                "name": nas.name,
+                "address": nas.address,
+                "vendor": nas.vendor.value,
+                "coa_port": nas.coa_port,
+                "message_authenticator": "required"
+                if nas.require_message_authenticator
+                else "optional",
+            }
+            for nas, code in session.execute(
+                select(NasClient, Site.code).join(Site).order_by(Site.code, NasClient.name)
+            )
+        ]
+    print_rows(
+        rows,
+        ["site", "name", "address", "vendor", "coa_port", "message_authenticator"],
+        as_json,
+        empty="no NAS clients yet: schoolgate nas add ...",
+    )

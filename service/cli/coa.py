@@ -1,0 +1,132 @@
+"""`coa list`, `coa run` and `device disconnect MAC`; registers the after-commit hook that
+sends queued CoA / Disconnect requests as soon as a command commits."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import typer
+
+from service import enforcement
+from service.cli.common import CliState, JsonOption, console, fail, get_state, print_rows
+from service.cli.device import device_app
+from service.errors import SchoolgateError
+
+coa_app = typer.Typer(help="CoA / Disconnect requests sent to the NAS (RFC 5176).")
+
+COLUMNS = [
+    "id",
+    "created_at",
+    "mac",
+    "nas_ip",
+    "kind",
+    "state",
+    "attempts",
+    "error_cause",
+    "change",
+    "reason",
+    "detail",
+]
+
+
+def flush_queued(state: CliState) -> None:
+    """After-commit hook: send what the command queued (up to ~2 s), then return."""
+    if not state.last_info.get(enforcement.QUEUED_FLAG):
+        return  # nothing queued: skip loading the RADIUS code
+    from radius.coa.cli_hook import flush_after_command  # the domain CLI stays RADIUS-free
+
+    flush_after_command(state)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(coa_app, name="coa")
+
+
+@coa_app.command("list")
+def coa_list(
+    ctx: typer.Context,
+    mac: str | None = typer.Option(None, "--mac", help="Only this device."),
+    state_filter: str | None = typer.Option(
+        None, "--state", help="queued|sent|ack|nak|timeout|fallback|failed"
+    ),
+    limit: int = typer.Option(50, "--limit", min=1),
+    history: bool = typer.Option(False, "--history", help="Show every transition."),
+    as_json: bool = JsonOption,
+) -> None:
+    """The latest requests and their state: why a device did (not) move."""
+    state = get_state(ctx)
+    try:
+        with state.reading() as session:
+            rows = [
+                enforcement.request_dict(r)
+                for r in enforcement.list_requests(
+                    session, mac=mac, state=state_filter, limit=limit
+                )
+            ]
+    except SchoolgateError as exc:
+        fail(str(exc))
+    if history and not as_json:
+        for row in rows:
+            console.print(f"#{row['id']} {row['mac']} -> {row['nas_ip']}", highlight=False)
+            for step in row["history"]:
+                console.print(
+                    f"  {step['at']}  {step['state']:<8} {step['detail']}", highlight=False
+                )
+        return
+    print_rows(rows, COLUMNS, as_json, empty="no CoA requests")
+
+
+@coa_app.command("run")
+def coa_run(
+    ctx: typer.Context,
+    once: bool = typer.Option(
+        False, "--once", help="Send what is pending (retries included), then exit."
+    ),
+    limit: float = typer.Option(60.0, "--limit", help="With --once: give up after seconds."),
+) -> None:
+    """Run the dispatcher on its own (the RADIUS server also runs it)."""
+    from radius.coa.dispatcher import drain, run_dispatcher
+
+    state = get_state(ctx)
+    factory = state.session_factory()
+    if once:
+        count = drain(factory, state.settings, limit=limit)
+        console.print(f"worked {count} request attempt(s)", highlight=False)
+        return
+
+    async def forever() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_dispatcher(factory, state.settings, stop)
+
+    asyncio.run(forever())
+
+
+@device_app.command("disconnect")
+def device_disconnect(
+    ctx: typer.Context,
+    mac: str = typer.Argument(..., help="MAC address, any common format."),
+    reason: str = typer.Option("disconnected by hand", "--reason"),
+) -> None:
+    """Send a Disconnect-Request for every open session of the device now."""
+    state = get_state(ctx)
+    try:
+        with state.transaction() as session:
+            rows = enforcement.disconnect_device(session, mac, reason=reason, actor=state.actor)
+            ids = [r.id for r in rows]
+    except SchoolgateError as exc:
+        fail(str(exc))
+    if not ids:
+        fail(f"no open session for {mac}: nothing to disconnect")
+    if flush_queued not in state.after_commit_hooks:
+        flush_queued(state)
+    with state.reading() as session:
+        shown = [
+            enforcement.request_dict(r)
+            for r in enforcement.list_requests(session, limit=1000)
+            if r.id in ids
+        ]
+    print_rows(shown, COLUMNS, False)

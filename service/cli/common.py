@@ -1,0 +1,142 @@
+"""What every command shares: settings, the session, one-line errors, tables or JSON."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+from zoneinfo import ZoneInfo
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.config import Settings
+from service.db import make_engine, make_session_factory, transaction
+from service.errors import Invalid
+
+console = Console()
+err_console = Console(stderr=True)
+
+JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+@dataclass
+class CliState:
+    settings: Settings
+    actor: str
+    _engine: Engine | None = None
+    _factory: sessionmaker[Session] | None = None
+    # Called after a command's transaction commits, e.g. to send CoA for what it queued.
+    after_commit_hooks: list[Callable[[CliState], None]] = field(default_factory=list)
+    # The committed session's `info` dict, for the hooks (e.g. "did it queue any CoA?").
+    last_info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = make_engine(self.settings.database_url)
+        return self._engine
+
+    def session_factory(self) -> sessionmaker[Session]:
+        if self._factory is None:
+            self._factory = make_session_factory(self.engine)
+        return self._factory
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One command, one transaction; then the after-commit hooks run."""
+        with transaction(self.session_factory()) as session:
+            yield session
+            self.last_info = dict(session.info)
+        for hook in self.after_commit_hooks:
+            hook(self)
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        session = self.session_factory()()
+        try:
+            yield session
+        finally:
+            session.close()
+
+
+def get_state(ctx: typer.Context) -> CliState:
+    root = ctx.find_root()
+    state = root.obj
+    if not isinstance(state, CliState):
+        raise RuntimeError("the root callback did not set the CLI state")
+    return state
+
+
+def default_actor() -> str:
+    return os.environ.get("SCHOOLGATE_ACTOR") or os.environ.get("SUDO_USER") or _login()
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "admin"
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+
+
+def print_rows(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    as_json: bool,
+    *,
+    title: str | None = None,
+    empty: str = "nothing to show",
+) -> None:
+    if as_json:
+        print_json(list(rows))
+        return
+    if not rows:
+        console.print(empty, highlight=False)
+        return
+    table = Table(title=title, show_lines=False)
+    for column in columns:
+        table.add_column(column.replace("_", " "), overflow="fold")
+    for row in rows:
+        table.add_row(*["" if row.get(c) is None else str(row.get(c)) for c in columns])
+    console.print(table)
+
+
+def parse_when(value: str | None, tz_name: str = "Europe/London") -> datetime | None:
+    """ISO 8601; without an offset it is the site's local time."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError as exc:
+        raise Invalid(f"not an ISO 8601 date-time: {value!r} (e.g. 2026-11-23T10:00)") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=ZoneInfo(tz_name))
+    return moment.astimezone(UTC)
+
+
+def local_text(value: datetime | None, tz_name: str = "Europe/London") -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(ZoneInfo(tz_name)).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def all_of(items: Iterable[Any]) -> list[Any]:
+    return list(items)

@@ -1,0 +1,348 @@
+"""`device` commands: add, import, list, show, approve, revoke, lost, exit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from sqlalchemy import select
+
+from service import registry
+from service.cli.common import JsonOption, console, fail, get_state, print_json, print_rows
+from service.enums import IncidentKind
+from service.errors import Invalid
+from service.exports import ExportQuery, export_devices
+from service.models import AccessException, Incident, Person, Signature, Site
+
+device_app = typer.Typer(help="The device register.", no_args_is_help=True)
+PROGRESS_THRESHOLD = 500  # rows; smaller imports finish before a bar is worth drawing
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(device_app, name="device")
+
+
+@device_app.command("add")
+def device_add(
+    ctx: typer.Context,
+    mac: str = typer.Argument(..., help="MAC address, any common format."),
+    site: str = typer.Option(..., "--site"),
+    device_class: str = typer.Option(
+        ...,
+        "--class",
+        help="school_single|school_shared|authorised|staff_owned|learner_owned|visitor_owned",
+    ),
+    owner: str | None = typer.Option(None, "--owner", help="Owner's email or username."),
+    asset_tag: str | None = typer.Option(None, "--asset-tag"),
+    name: str | None = typer.Option(None, "--name"),
+) -> None:
+    """Register a device. Staff-owned devices start pending until approved."""
+    state = get_state(ctx)
+    with state.transaction() as session:
+        device = registry.add_device(
+            session,
+            mac=mac,
+            site_code=site,
+            device_class=device_class,
+            owner=owner,
+            asset_tag=asset_tag,
+            name=name,
+            actor=state.actor,
+        )
+        console.print(
+            f"added {device.mac} as {device.device_class.value} ({device.status.value})",
+            highlight=False,
+        )
+
+
+@device_app.command("import")
+def device_import(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="MDM asset list: CSV with a header row."),
+    site: str = typer.Option(..., "--site"),
+    default_class: str = typer.Option(
+        "school_shared", "--default-class", help="Class for rows without a class column."
+    ),
+    skip_bad_rows: bool = typer.Option(
+        False, "--skip-bad-rows", help="Store the good rows and report each bad one."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Import an MDM asset list (MAC, class, asset tag, owner email). All or nothing."""
+    state = get_state(ctx)
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror}")
+    except UnicodeDecodeError:
+        fail(f"{file}: not UTF-8 text (save the CSV as UTF-8)")
+    total = max(0, text.count("\n") - 1)
+    cls = registry.parse_class(default_class)
+    with state.transaction() as session:
+        if total >= PROGRESS_THRESHOLD and not as_json:
+            with Progress(
+                TextColumn("importing"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                console=console,
+                transient=True,
+            ) as bar:
+                task = bar.add_task("import", total=total)
+                result = registry.import_devices(
+                    session,
+                    text=text,
+                    site_code=site,
+                    actor=state.actor,
+                    default_class=cls,
+                    skip_bad_rows=skip_bad_rows,
+                    progress=lambda n: bar.update(task, completed=n),
+                )
+        else:
+            result = registry.import_devices(
+                session,
+                text=text,
+                site_code=site,
+                actor=state.actor,
+                default_class=cls,
+                skip_bad_rows=skip_bad_rows,
+            )
+    if as_json:
+        print_json(
+            {
+                "added": len(result.added),
+                "skipped": [{"line": line, "problem": p} for line, p in result.skipped],
+            }
+        )
+        return
+    console.print(f"imported {len(result.added)} device(s) into {site}", highlight=False)
+    for line, problem in result.skipped:
+        console.print(f"  skipped line {line}: {problem}", highlight=False)
+
+
+@device_app.command("list")
+def device_list(
+    ctx: typer.Context,
+    site: str | None = typer.Option(None, "--site"),
+    status: str | None = typer.Option(None, "--status", help="pending|active|revoked|lost|exited"),
+    device_class: str | None = typer.Option(None, "--class"),
+    as_json: bool = JsonOption,
+) -> None:
+    """List devices (pending ones are waiting for approval)."""
+    state = get_state(ctx)
+    with state.reading() as session:
+        if site:
+            registry.get_site(session, site)
+        rows = [
+            r
+            for r in export_devices(session, ExportQuery(site=site))
+            if (status is None or r["status"] == status)
+            and (device_class is None or r["device_class"] == device_class)
+        ]
+    print_rows(
+        rows,
+        [
+            "mac",
+            "site",
+            "device_class",
+            "status",
+            "owner",
+            "asset_tag",
+            "name",
+            "needs_reassignment",
+        ],
+        as_json,
+        empty="no devices",
+    )
+
+
+@device_app.command("show")
+def device_show(
+    ctx: typer.Context,
+    mac: str = typer.Argument(...),
+    as_json: bool = JsonOption,
+) -> None:
+    """Everything known about one device: owner, status, signatures, exceptions, incidents."""
+    state = get_state(ctx)
+    with state.reading() as session:
+        device = registry.get_device(session, mac)
+        owner = session.get(Person, device.owner_id) if device.owner_id else None
+        site = session.get(Site, device.site_id)
+        signatures = [
+            {
+                "kind": s.agreement.kind.value,
+                "version": s.agreement.version,
+                "signed_at": s.signed_at.isoformat(timespec="seconds"),
+                "valid_until": s.valid_until.isoformat(timespec="seconds")
+                if s.valid_until
+                else None,
+                "typed_name": s.typed_name,
+            }
+            for s in session.scalars(
+                select(Signature)
+                .where(
+                    (Signature.device_id == device.id)
+                    | (
+                        (Signature.person_id == device.owner_id)
+                        & (Signature.person_id.is_not(None))
+                    )
+                )
+                .order_by(Signature.signed_at)
+            )
+        ]
+        grants = [
+            {
+                "id": g.id,
+                "access": g.access.value,
+                "reason": g.reason,
+                "approved_by": g.approved_by,
+                "until": g.valid_until.isoformat(timespec="seconds") if g.valid_until else None,
+                "revoked": g.revoked_at is not None,
+            }
+            for g in session.scalars(
+                select(AccessException).where(AccessException.device_id == device.id)
+            )
+        ]
+        incidents = [
+            {
+                "kind": i.kind.value,
+                "reported_by": i.reported_by,
+                "reported_at": i.reported_at.isoformat(timespec="seconds"),
+            }
+            for i in session.scalars(select(Incident).where(Incident.device_id == device.id))
+        ]
+        data = {
+            "mac": device.mac,
+            "site": site.code if site else None,
+            "device_class": device.device_class.value,
+            "status": device.status.value,
+            "status_reason": device.status_reason,
+            "asset_tag": device.asset_tag,
+            "name": device.name,
+            "needs_reassignment": device.needs_reassignment,
+            "owner": None
+            if owner is None
+            else {
+                "name": owner.name,
+                "email": owner.email,
+                "role": owner.role.value,
+                "active": owner.active,
+            },
+            "created_at": device.created_at.isoformat(timespec="seconds"),
+            "signatures": signatures,
+            "exceptions": grants,
+            "incidents": incidents,
+        }
+    if as_json:
+        print_json(data)
+        return
+    for key in (
+        "mac",
+        "site",
+        "device_class",
+        "status",
+        "status_reason",
+        "asset_tag",
+        "name",
+        "needs_reassignment",
+        "created_at",
+    ):
+        if data[key] is not None:
+            console.print(f"{key.replace('_', ' '):>18}: {data[key]}", highlight=False)
+    if owner is not None:
+        console.print(
+            f"{'owner':>18}: {owner.name} ({owner.role.value}"
+            f"{', left' if not owner.active else ''})",
+            highlight=False,
+        )
+    for sig in signatures:
+        console.print(
+            f"{'signed':>18}: {sig['kind']} v{sig['version']} at {sig['signed_at']}"
+            f" (valid until {sig['valid_until'] or 'no expiry'})",
+            highlight=False,
+        )
+    for grant in grants:
+        console.print(
+            f"{'exception':>18}: {grant['access']} — {grant['reason']} "
+            f"(by {grant['approved_by']}, until {grant['until'] or 'no expiry'})",
+            highlight=False,
+        )
+    for incident in incidents:
+        console.print(
+            f"{'incident':>18}: {incident['kind']} reported by "
+            f"{incident['reported_by']} at {incident['reported_at']}",
+            highlight=False,
+        )
+
+
+@device_app.command("approve")
+def device_approve(
+    ctx: typer.Context,
+    mac: str = typer.Argument(...),
+    note: str | None = typer.Option(None, "--note"),
+) -> None:
+    """Give permission for a pending device (or reinstate a revoked/lost one)."""
+    state = get_state(ctx)
+    with state.transaction() as session:
+        device = registry.approve_device(session, mac=mac, actor=state.actor, note=note)
+        console.print(f"approved {device.mac}", highlight=False)
+
+
+@device_app.command("revoke")
+def device_revoke(
+    ctx: typer.Context,
+    mac: str = typer.Argument(...),
+    reason: str = typer.Option(..., "--reason"),
+) -> None:
+    """Revoke a device's access."""
+    state = get_state(ctx)
+    with state.transaction() as session:
+        device = registry.revoke_device(session, mac=mac, reason=reason, actor=state.actor)
+        console.print(f"revoked {device.mac}: {reason}", highlight=False)
+
+
+@device_app.command("lost")
+def device_lost(
+    ctx: typer.Context,
+    mac: str = typer.Argument(...),
+    reported_by: str = typer.Option(..., "--reported-by"),
+    kind: str = typer.Option("lost", "--kind", help="lost|stolen|compromised"),
+    description: str | None = typer.Option(None, "--description"),
+    dpo_notified: bool = typer.Option(
+        False, "--dpo-notified", help="The DPO has been told (seed 001)."
+    ),
+) -> None:
+    """Report a device lost, stolen or compromised: access revoked now, incident logged."""
+    state = get_state(ctx)
+    try:
+        incident_kind = IncidentKind(kind)
+    except ValueError as exc:
+        raise Invalid(f"unknown incident kind {kind!r} (lost, stolen, compromised)") from exc
+    with state.transaction() as session:
+        device, incident = registry.report_lost(
+            session,
+            mac=mac,
+            reported_by=reported_by,
+            actor=state.actor,
+            kind=incident_kind,
+            description=description,
+            dpo_notified=dpo_notified,
+        )
+        console.print(
+            f"{device.mac} marked {incident_kind.value}; access revoked; incident "
+            f"{incident.id} logged" + ("" if dpo_notified else " (remember to tell the DPO)"),
+            highlight=False,
+        )
+
+
+@device_app.command("exit")
+def device_exit(
+    ctx: typer.Context,
+    mac: str = typer.Argument(...),
+    reason: str | None = typer.Option(None, "--reason"),
+) -> None:
+    """Exit process for a device no longer used at the school."""
+    state = get_state(ctx)
+    with state.transaction() as session:
+        device = registry.exit_device(session, mac=mac, actor=state.actor, reason=reason)
+        console.print(f"{device.mac} exited", highlight=False)

@@ -1,0 +1,86 @@
+"""`export` and `audit` commands."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from service import audit
+from service.cli.common import console, fail, get_state, parse_when
+from service.exports import ExportQuery, all_exporters, write_rows
+
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export)
+    app.command("purge")(purge)
+    app.add_typer(audit_app, name="audit")
+
+
+def export(
+    ctx: typer.Context,
+    name: str = typer.Argument(
+        ...,
+        help="devices|decisions|sessions|signatures|incidents|"
+        "exceptions|audit|coa|traffic|dns|alerts|...",
+    ),
+    fmt: str = typer.Option("csv", "--format", help="csv|jsonl"),
+    since: str | None = typer.Option(None, "--since", help="ISO 8601 (site-local if no offset)"),
+    until: str | None = typer.Option(None, "--until"),
+    site: str | None = typer.Option(None, "--site"),
+    output: Path | None = typer.Option(None, "-o", "--output", help="File (default stdout)."),
+) -> None:
+    """Export a table for the IT lead, the DSL or the DPO."""
+    state = get_state(ctx)
+    exporters = all_exporters()
+    if name not in exporters:
+        fail(f"unknown export {name!r} (known: {', '.join(sorted(exporters))})")
+    if fmt not in ("csv", "jsonl"):
+        fail(f"unknown format {fmt!r} (csv or jsonl)")
+    query = ExportQuery(since=parse_when(since), until=parse_when(until), site=site)
+    with state.reading() as session:
+        if output is None:
+            write_rows(exporters[name](session, query), sys.stdout, fmt)
+            return
+        tmp = output.with_name(output.name + ".part")
+        try:
+            with tmp.open("w", encoding="utf-8", newline="") as handle:
+                count = write_rows(exporters[name](session, query), handle, fmt)
+            tmp.replace(output)  # never leave a half-written export behind
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            fail(f"cannot write {output}: {exc.strerror}")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    console.print(f"wrote {count} {name} row(s) to {output}", highlight=False)
+
+
+def purge(ctx: typer.Context) -> None:
+    """Delete records past their retention period (settings: retention_days per table)."""
+    from datetime import UTC, datetime
+
+    from service import retention
+
+    state = get_state(ctx)
+    with state.transaction() as session:
+        removed = retention.purge(
+            session, settings=state.settings, now=datetime.now(UTC), actor=state.actor
+        )
+    for table, count in sorted(removed.items()):
+        console.print(f"{table}: {count} row(s) past retention removed", highlight=False)
+
+
+@audit_app.command("verify")
+def audit_verify(ctx: typer.Context) -> None:
+    """Check the audit log's hash chain; exit 1 if any entry was altered or removed."""
+    state = get_state(ctx)
+    with state.reading() as session:
+        result = audit.verify(session)
+    if result.ok:
+        console.print(f"audit log intact: {result.entries} entries", highlight=False)
+        return
+    fail(f"audit log broken at entry {result.first_bad_id}: {result.problem}")

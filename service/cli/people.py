@@ -1,0 +1,144 @@
+"""`person` commands: add, list, leave (the exit process), set-password."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+from sqlalchemy import select
+
+from service import registry
+from service.cli.common import JsonOption, console, fail, get_state, print_rows
+from service.models import Person, Site
+
+person_app = typer.Typer(help="Staff, pupils, visitors and others.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(person_app, name="person")
+
+
+@person_app.command("add")
+def person_add(
+    ctx: typer.Context,
+    site: str = typer.Option(..., "--site"),
+    role: str = typer.Option(
+        ..., "--role", help="staff|learner|visitor|contractor|governor|volunteer"
+    ),
+    name: str = typer.Option(..., "--name"),
+    email: str | None = typer.Option(None, "--email"),
+    username: str | None = typer.Option(None, "--username"),
+    year: int | None = typer.Option(None, "--year", help="Year group, for pupils."),
+) -> None:
+    """Add a person."""
+    state = get_state(ctx)
+    with state.transaction() as session:
+        person = registry.add_person(
+            session,
+            site_code=site,
+            role=role,
+            name=name,
+            email=email,
+            username=username,
+            year_group=year,
+            actor=state.actor,
+        )
+        console.print(f"added {person.role.value} {person.name} (id {person.id})", highlight=False)
+
+
+@person_app.command("list")
+def person_list(
+    ctx: typer.Context,
+    site: str | None = typer.Option(None, "--site"),
+    role: str | None = typer.Option(None, "--role"),
+    include_left: bool = typer.Option(False, "--include-left", help="Also people who left."),
+    as_json: bool = JsonOption,
+) -> None:
+    """List people."""
+    state = get_state(ctx)
+    with state.reading() as session:
+        query = select(Person, Site.code).join(Site).order_by(Site.code, Person.name)
+        if site:
+            registry.get_site(session, site)
+            query = query.where(Site.code == site)
+        if role:
+            query = query.where(Person.role == role)
+        if not include_left:
+            query = query.where(Person.active.is_(True))
+        rows = [
+            {
+                "id": p.id,
+                "site": code,
+                "role": p.role.value,
+                "name": p.name,
+                "email": p.email,
+                "username": p.username,
+                "year": p.year_group,
+                "status": "active" if p.active else "left",
+                "has_password": p.password_hash is not None,
+            }
+            for p, code in session.execute(query)
+        ]
+    print_rows(
+        rows,
+        ["id", "site", "role", "name", "email", "username", "year", "status"],
+        as_json,
+        empty="no people",
+    )
+
+
+@person_app.command("leave")
+def person_leave(
+    ctx: typer.Context,
+    person: str = typer.Argument(..., help="Email, username or id."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Exit process: revoke the person's personal devices, flag school devices for reassignment."""
+    state = get_state(ctx)
+    with state.transaction() as session:
+        found = registry.find_person(session, person)
+        result = registry.leave_person(session, person=found, actor=state.actor)
+        name = found.name
+    if as_json:
+        from service.cli.common import print_json
+
+        print_json({"person": name, **result})
+        return
+    console.print(
+        f"{name} has left: {len(result['revoked'])} personal device(s) revoked, "
+        f"{len(result['flagged_for_reassignment'])} school device(s) flagged for "
+        "reassignment",
+        highlight=False,
+    )
+    for mac in result["revoked"]:
+        console.print(f"  revoked  {mac}", highlight=False)
+    for mac in result["flagged_for_reassignment"]:
+        console.print(f"  reassign {mac}", highlight=False)
+
+
+@person_app.command("set-password")
+def person_set_password(
+    ctx: typer.Context,
+    person: str = typer.Argument(..., help="Email, username or id."),
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="Read the password from standard input (for scripts)."
+    ),
+) -> None:
+    """Set a person's schoolgate password (portal sign-in and RADIUS PAP); stored with argon2."""
+    state = get_state(ctx)
+    if password_stdin:
+        import sys
+
+        password = sys.stdin.readline().rstrip("\n")
+    elif os.environ.get("SCHOOLGATE_PASSWORD"):
+        password = os.environ["SCHOOLGATE_PASSWORD"]
+    else:
+        password = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        fail("no password given")
+    with state.transaction() as session:
+        found = registry.find_person(session, person)
+        if not found.username:
+            fail(f"{found.name} has no username: add one with person add --username")
+        registry.set_password(session, person=found, password=password, actor=state.actor)
+        console.print(f"password set for {found.username}", highlight=False)

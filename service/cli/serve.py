@@ -1,0 +1,148 @@
+"""`schoolgate serve`: RADIUS (with its CoA dispatcher) and the captive portal on one machine.
+
+The RADIUS server runs as a child process (`radius serve`, so its workers keep their own
+event loops and the portal's requests never delay an answer); the portal runs in this one.
+Ctrl-C or SIGTERM stops both.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import typer
+
+from service.cli.common import console, fail, get_state
+from service.config import Settings
+
+READY_SECONDS = 20.0
+
+
+@dataclass(frozen=True)
+class ServeAddresses:
+    host: str = "0.0.0.0"  # noqa: S104 - NAS clients and the walled garden reach it
+    auth_port: int = 1812
+    acct_port: int = 1813
+    portal_port: int = 8080
+    workers: int = 1
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+
+
+def serve(
+    ctx: typer.Context,
+    host: str = typer.Option("0.0.0.0", "--host", help="Address to listen on."),  # noqa: S104
+    auth_port: int = typer.Option(1812, "--auth-port", help="RADIUS Access-Request port."),
+    acct_port: int = typer.Option(1813, "--acct-port", help="RADIUS Accounting-Request port."),
+    portal_port: int = typer.Option(8080, "--portal-port", help="Captive portal HTTP port."),
+    workers: int = typer.Option(1, "--workers", help="RADIUS worker processes."),
+) -> None:
+    """Run the RADIUS authorizer, its CoA dispatcher and the captive portal until Ctrl-C."""
+    serve_all(
+        get_state(ctx).settings, ServeAddresses(host, auth_port, acct_port, portal_port, workers)
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as `SCHOOLGATE_*` variables, so a child process sees exactly these."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump(mode="json").items():
+        key = f"SCHOOLGATE_{name.upper()}"
+        env[key] = json.dumps(value) if isinstance(value, dict | list) else str(value)
+    env["SCHOOLGATE_SECRET_KEY"] = settings.secret_key.get_secret_value()
+    env.pop("SCHOOLGATE_CONFIG", None)
+    return env
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def start_radius(settings: Settings, where: ServeAddresses) -> subprocess.Popen[bytes]:
+    """`radius serve` as a child; returns once both ports are bound, or fails in one line."""
+    for port in (where.auth_port, where.acct_port):
+        if port_in_use(where.host, port):
+            fail(f"UDP port {port} on {where.host} is in use (is another RADIUS server running?)")
+    command = [
+        sys.executable,
+        "-m",
+        "service",
+        "radius",
+        "serve",
+        "--host",
+        where.host,
+        "--auth-port",
+        str(where.auth_port),
+        "--acct-port",
+        str(where.acct_port),
+        "--workers",
+        str(where.workers),
+    ]
+    child = subprocess.Popen(command, env={**os.environ, **settings_env(settings)})
+    deadline = time.monotonic() + READY_SECONDS
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            fail(f"the RADIUS server exited with status {child.returncode} (see above)")
+        if all(port_in_use(where.host, p) for p in (where.auth_port, where.acct_port)):
+            return child
+        time.sleep(0.1)
+    stop_child(child)
+    return fail(f"the RADIUS server did not start within {READY_SECONDS:.0f} s")
+
+
+def stop_child(child: subprocess.Popen[bytes]) -> None:
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def serve_all(
+    settings: Settings,
+    where: ServeAddresses,
+    *,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Start RADIUS, call `on_ready`, then serve the portal in the foreground until Ctrl-C."""
+    from portal.serve import run_portal
+    from service.db import make_engine, make_session_factory
+
+    if not 0 < where.portal_port < 65536:
+        fail(f"--portal-port {where.portal_port} is not a TCP port")
+    radius = start_radius(settings, where)
+    engine = make_engine(settings.database_url)
+    try:
+        if on_ready is not None:
+            on_ready()
+        console.print(
+            f"RADIUS on {where.host}:{where.auth_port}/{where.acct_port}, CoA dispatcher on, "
+            f"portal on http://{where.host}:{where.portal_port}/ (Ctrl-C stops all)",
+            highlight=False,
+        )
+        run_portal(
+            settings,
+            host=where.host,
+            port=where.portal_port,
+            session_factory=make_session_factory(engine),
+        )
+    finally:
+        stop_child(radius)
+        engine.dispose()

@@ -1,0 +1,353 @@
+"""The device register: add, import from an MDM asset list, approve, revoke, lost, exit."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service import audit, enforcement
+from service.enums import AuditTag, DeviceClass, DeviceStatus, IncidentKind
+from service.errors import Conflict, Invalid, NotFound
+from service.mac import normalize_mac
+from service.models import Approval, Device, Incident, Person, utcnow
+from service.people import find_person
+from service.sites import get_site
+
+
+def parse_class(value: str) -> DeviceClass:
+    try:
+        return DeviceClass(value.strip().lower())
+    except ValueError as exc:
+        known = ", ".join(c.value for c in DeviceClass)
+        raise Invalid(f"unknown device class {value!r} (known: {known})") from exc
+
+
+def get_device(session: Session, mac: str) -> Device:
+    canonical = normalize_mac(mac)
+    device = session.scalar(select(Device).where(Device.mac == canonical))
+    if device is None:
+        raise NotFound(f"no device with MAC {canonical}")
+    return device
+
+
+def default_status(device_class: DeviceClass) -> DeviceStatus:
+    """Staff devices wait for permission (seed 001); everything else registered is active."""
+    return DeviceStatus.PENDING if device_class is DeviceClass.STAFF_OWNED else DeviceStatus.ACTIVE
+
+
+def add_device(
+    session: Session,
+    *,
+    mac: str,
+    site_code: str,
+    device_class: str | DeviceClass,
+    owner: str | Person | None = None,
+    asset_tag: str | None = None,
+    name: str | None = None,
+    status: DeviceStatus | None = None,
+    actor: str,
+    audit_tag: AuditTag = AuditTag.DEVICE_CREATE,
+) -> Device:
+    canonical = normalize_mac(mac)
+    site = get_site(session, site_code)
+    cls = device_class if isinstance(device_class, DeviceClass) else parse_class(device_class)
+    person = find_person(session, owner) if isinstance(owner, str) and owner else owner
+    if not isinstance(person, Person):
+        person = None
+    if cls is DeviceClass.STAFF_OWNED and person is None:
+        raise Invalid("a staff-owned device needs --owner (the member of staff)")
+    existing = session.scalar(select(Device).where(Device.mac == canonical))
+    if existing is not None:
+        raise Conflict(
+            f"device {canonical} is already registered ({existing.device_class.value}, "
+            f"{existing.status.value})"
+        )
+    device = Device(
+        site_id=site.id,
+        mac=canonical,
+        device_class=cls,
+        owner_id=person.id if person else None,
+        asset_tag=asset_tag or None,
+        name=name or None,
+        status=status or default_status(cls),
+    )
+    with enforcement.watch(session, macs=[canonical], reason="device added"):
+        session.add(device)
+        session.flush()
+    audit.record(
+        session,
+        actor=actor,
+        tag=audit_tag,
+        subject=canonical,
+        detail={
+            "site": site_code,
+            "class": cls.value,
+            "owner": person.email or person.username if person else None,
+            "asset_tag": asset_tag,
+            "status": device.status.value,
+        },
+    )
+    return device
+
+
+@dataclass
+class ImportResult:
+    added: list[str] = field(default_factory=list)
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (line, problem)
+
+
+COLUMN_ALIASES = {
+    "mac": ("mac", "mac address", "mac_address", "wifi mac", "wi-fi mac", "wifi_mac"),
+    "class": ("class", "device class", "device_class", "type"),
+    "asset_tag": ("asset tag", "asset_tag", "asset", "tag", "serial"),
+    "owner": ("owner", "owner email", "owner_email", "email", "user"),
+    "name": ("name", "device name", "device_name", "model"),
+}
+
+
+def import_devices(
+    session: Session,
+    *,
+    text: str,
+    site_code: str,
+    actor: str,
+    default_class: DeviceClass = DeviceClass.SCHOOL_SHARED,
+    skip_bad_rows: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> ImportResult:
+    """Import an MDM asset list (CSV with a header row). All or nothing, unless
+    `skip_bad_rows`, when each bad row is reported with its line number and the rest stored."""
+    site_id = get_site(session, site_code).id
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader)
+    except StopIteration as exc:
+        raise Invalid("the CSV file is empty (a header row is needed)") from exc
+    except csv.Error as exc:
+        raise Invalid(f"CSV line 1: {exc}") from exc
+    columns = _map_columns(header)
+    result = ImportResult()
+    seen: set[str] = set()
+    existing = set(session.scalars(select(Device.mac)))
+    rows: list[tuple[int, dict[str, str]]] = []
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            line = reader.line_num
+            if not skip_bad_rows:
+                raise Invalid(f"CSV line {line}: {exc}") from exc
+            result.skipped.append((line, str(exc)))
+            continue
+        line = reader.line_num
+        if not any(v.strip() for v in values):
+            continue
+        rows.append(
+            (
+                line,
+                {key: values[i].strip() if i < len(values) else "" for key, i in columns.items()},
+            )
+        )
+    # A device with an open session before it was registered (seen as unknown) moves now.
+    with enforcement.watch(session, macs=_row_macs(rows), reason="device import"):
+        for count, (line, row) in enumerate(rows, 1):
+            try:
+                mac = normalize_mac(row["mac"])
+                if mac in seen:
+                    raise Conflict(f"MAC {mac} appears twice in the file")
+                if mac in existing:
+                    raise Conflict(f"device {mac} is already registered")
+                cls = parse_class(row["class"]) if row.get("class") else default_class
+                owner = find_person(session, row["owner"]) if row.get("owner") else None
+                if cls is DeviceClass.STAFF_OWNED and owner is None:
+                    raise Invalid("a staff-owned device needs an owner")
+                device = Device(
+                    site_id=site_id,
+                    mac=mac,
+                    device_class=cls,
+                    owner_id=owner.id if owner else None,
+                    asset_tag=row.get("asset_tag") or None,
+                    name=row.get("name") or None,
+                    status=default_status(cls),
+                )
+                session.add(device)
+                seen.add(mac)
+                result.added.append(mac)
+            except (Invalid, Conflict, NotFound) as exc:
+                if not skip_bad_rows:
+                    raise type(exc)(f"CSV line {line}: {exc}") from exc
+                result.skipped.append((line, str(exc)))
+            if progress is not None:
+                progress(count)
+        session.flush()
+    audit.record(
+        session,
+        actor=actor,
+        tag=AuditTag.DEVICE_IMPORT,
+        subject=site_code,
+        detail={"added": len(result.added), "skipped": result.skipped},
+    )
+    return result
+
+
+def _row_macs(rows: list[tuple[int, dict[str, str]]]) -> list[str]:
+    """The well-formed MACs of an import, for the CoA watch (bad rows are reported later)."""
+    macs = []
+    for _line, row in rows:
+        with contextlib.suppress(Invalid):
+            macs.append(normalize_mac(row["mac"]))
+    return macs
+
+
+def _map_columns(header: list[str]) -> dict[str, int]:
+    names = [h.strip().lower() for h in header]
+    columns: dict[str, int] = {}
+    for key, aliases in COLUMN_ALIASES.items():
+        for i, name in enumerate(names):
+            if name in aliases:
+                columns[key] = i
+                break
+    if "mac" not in columns:
+        raise Invalid(
+            "CSV line 1: no MAC column in the header (expected one of: "
+            + ", ".join(COLUMN_ALIASES["mac"])
+            + ")"
+        )
+    return columns
+
+
+def _change_status(
+    session: Session,
+    *,
+    mac: str,
+    status: DeviceStatus,
+    reason: str | None,
+    actor: str,
+    tag: AuditTag,
+    allowed_from: Iterable[DeviceStatus],
+) -> Device:
+    device = get_device(session, mac)
+    if device.status not in set(allowed_from):
+        raise Conflict(
+            f"device {device.mac} is {device.status.value}; cannot make it {status.value}"
+        )
+    with enforcement.watch(session, device_ids=[device.id], reason=f"device {status.value}"):
+        previous = device.status
+        device.status = status
+        device.status_reason = reason
+        device.status_changed_at = utcnow()
+        session.flush()
+        audit.record(
+            session,
+            actor=actor,
+            tag=tag,
+            subject=device.mac,
+            detail={"from": previous.value, "to": status.value, "reason": reason},
+        )
+    return device
+
+
+def approve_device(session: Session, *, mac: str, actor: str, note: str | None = None) -> Device:
+    """Give permission (seed 001). Also reinstates a revoked or lost device that IT has checked."""
+    device = _change_status(
+        session,
+        mac=mac,
+        status=DeviceStatus.ACTIVE,
+        reason=note,
+        actor=actor,
+        tag=AuditTag.DEVICE_APPROVE,
+        allowed_from=(DeviceStatus.PENDING, DeviceStatus.REVOKED, DeviceStatus.LOST),
+    )
+    session.add(Approval(device_id=device.id, approved_by=actor, note=note))
+    session.flush()
+    return device
+
+
+def revoke_device(session: Session, *, mac: str, reason: str, actor: str) -> Device:
+    if not reason.strip():
+        raise Invalid("a reason is required to revoke a device")
+    return _change_status(
+        session,
+        mac=mac,
+        status=DeviceStatus.REVOKED,
+        reason=reason,
+        actor=actor,
+        tag=AuditTag.DEVICE_REVOKE,
+        allowed_from=(DeviceStatus.PENDING, DeviceStatus.ACTIVE),
+    )
+
+
+def report_lost(
+    session: Session,
+    *,
+    mac: str,
+    reported_by: str,
+    actor: str,
+    kind: IncidentKind = IncidentKind.LOST,
+    description: str | None = None,
+    dpo_notified: bool = False,
+) -> tuple[Device, Incident]:
+    """Lost, stolen or compromised: access revoked at once and an incident logged for the DPO."""
+    if not reported_by.strip():
+        raise Invalid("--reported-by is required")
+    device = _change_status(
+        session,
+        mac=mac,
+        status=DeviceStatus.LOST,
+        reason=f"{kind.value}, reported by {reported_by}",
+        actor=actor,
+        tag=AuditTag.DEVICE_LOST,
+        allowed_from=(DeviceStatus.PENDING, DeviceStatus.ACTIVE, DeviceStatus.REVOKED),
+    )
+    incident = Incident(
+        device_id=device.id,
+        kind=kind,
+        reported_by=reported_by,
+        description=description,
+        dpo_notified_at=utcnow() if dpo_notified else None,
+    )
+    session.add(incident)
+    session.flush()
+    audit.record(
+        session,
+        actor=actor,
+        tag=AuditTag.INCIDENT_RECORD,
+        subject=device.mac,
+        detail={
+            "incident": incident.id,
+            "kind": kind.value,
+            "reported_by": reported_by,
+            "dpo_notified": dpo_notified,
+        },
+        changes_decisions=False,
+    )
+    return device, incident
+
+
+def exit_device(session: Session, *, mac: str, actor: str, reason: str | None = None) -> Device:
+    """The exit process for a device no longer used at the school (seed 003)."""
+    device = _change_status(
+        session,
+        mac=mac,
+        status=DeviceStatus.EXITED,
+        reason=reason or "exit process",
+        actor=actor,
+        tag=AuditTag.DEVICE_EXIT,
+        allowed_from=(
+            DeviceStatus.PENDING,
+            DeviceStatus.ACTIVE,
+            DeviceStatus.REVOKED,
+            DeviceStatus.LOST,
+        ),
+    )
+    device.needs_reassignment = False
+    session.flush()
+    return device

@@ -1,0 +1,132 @@
+"""Enumerations shared by the model, the policy engine and the adapters.
+
+They are `StrEnum`s so the stored value, the CLI value and the JSON value are one string.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class DeviceClass(StrEnum):
+    SCHOOL_SINGLE = "school_single"
+    SCHOOL_SHARED = "school_shared"
+    AUTHORISED = "authorised"
+    STAFF_OWNED = "staff_owned"
+    LEARNER_OWNED = "learner_owned"
+    VISITOR_OWNED = "visitor_owned"
+
+    @property
+    def is_personal(self) -> bool:
+        return self in PERSONAL_CLASSES
+
+    @property
+    def is_school(self) -> bool:
+        return self in (DeviceClass.SCHOOL_SINGLE, DeviceClass.SCHOOL_SHARED)
+
+
+PERSONAL_CLASSES = frozenset(
+    {DeviceClass.STAFF_OWNED, DeviceClass.LEARNER_OWNED, DeviceClass.VISITOR_OWNED}
+)
+
+
+class Access(StrEnum):
+    """What a decision grants. `registration` is not a level: it is the walled garden."""
+
+    FULL = "full"
+    SEGREGATED = "segregated"
+    INTERNET = "internet"
+    NONE = "none"
+    REGISTRATION = "registration"
+
+    @property
+    def rank(self) -> int:
+        return ACCESS_RANK[self]
+
+
+# full > segregated > internet > none; registration sits with none for ordering purposes
+# because it grants nothing beyond the portal.
+ACCESS_RANK: dict[Access, int] = {
+    Access.FULL: 3,
+    Access.SEGREGATED: 2,
+    Access.INTERNET: 1,
+    Access.NONE: 0,
+    Access.REGISTRATION: 0,
+}
+LEVELS: tuple[Access, ...] = (Access.FULL, Access.SEGREGATED, Access.INTERNET, Access.NONE)
+
+
+class Role(StrEnum):
+    STAFF = "staff"
+    LEARNER = "learner"
+    VISITOR = "visitor"
+    CONTRACTOR = "contractor"
+    GOVERNOR = "governor"
+    VOLUNTEER = "volunteer"
+
+
+class DeviceStatus(StrEnum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    REVOKED = "revoked"
+    LOST = "lost"
+    EXITED = "exited"
+
+    @property
+    def is_blocked(self) -> bool:
+        return self in (DeviceStatus.REVOKED, DeviceStatus.LOST, DeviceStatus.EXITED)
+
+
+class AgreementKind(StrEnum):
+    VISITOR_AUA = "visitor_aua"
+    STAFF_BYOD = "staff_byod"
+
+
+class IncidentKind(StrEnum):
+    LOST = "lost"
+    STOLEN = "stolen"
+    COMPROMISED = "compromised"
+
+
+class NasVendor(StrEnum):
+    GENERIC = "generic"
+    CISCO = "cisco"
+    ARUBA = "aruba"
+    UNIFI = "unifi"
+    MERAKI = "meraki"
+    RUCKUS = "ruckus"
+
+
+class SignatureSource(StrEnum):
+    PORTAL = "portal"
+    PAPER = "paper"
+    API = "api"
+
+
+class AuditTag(StrEnum):
+    """Audit events, shaped "source:subject:action" as in warehouse's events/tags.py."""
+
+    SITE_CREATE = "admin:site:create"
+    POLICY_LOAD = "admin:policy:load"
+    NAS_CREATE = "admin:nas:create"
+    NAS_REMOVE = "admin:nas:remove"
+    PERSON_CREATE = "admin:person:create"
+    PERSON_LEAVE = "admin:person:leave"
+    PERSON_PASSWORD = "admin:person:set-password"
+    DEVICE_CREATE = "admin:device:create"
+    DEVICE_IMPORT = "admin:device:import"
+    DEVICE_APPROVE = "admin:device:approve"
+    DEVICE_REVOKE = "admin:device:revoke"
+    DEVICE_LOST = "admin:device:lost"
+    DEVICE_EXIT = "admin:device:exit"
+    DEVICE_DISCONNECT = "admin:device:disconnect"
+    DEVICE_REGISTER = "portal:device:register"
+    AGREEMENT_PUBLISH = "admin:agreement:publish"
+    SIGNATURE_RECORD = "admin:signature:record"
+    SIGNATURE_PORTAL = "portal:signature:sign"
+    EXCEPTION_GRANT = "admin:exception:grant"
+    EXCEPTION_REVOKE = "admin:exception:revoke"
+    INCIDENT_RECORD = "admin:incident:record"
+    TOKEN_CREATE = "admin:token:create"
+    TOKEN_REVOKE = "admin:token:revoke"
+    RETENTION_PURGE = "system:retention:purge"

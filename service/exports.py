@@ -1,0 +1,274 @@
+"""`schoolgate export NAME`: stable, documented tables for the IT lead, the DSL and the DPO.
+
+Each exporter yields plain dicts with a fixed key order (like Zeek's logs: one field list per
+record type, times in ISO 8601 UTC). Areas add their own through a module-level `EXPORTS`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import IO, Any, TypeVar
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session, aliased
+
+from service.models import (
+    AccessException,
+    AccountingSession,
+    Agreement,
+    AuditEntry,
+    DecisionRecord,
+    Device,
+    Incident,
+    Person,
+    Signature,
+    Site,
+)
+
+_Q = TypeVar("_Q", bound="Select[*tuple[Any, ...]]")
+
+
+@dataclass(frozen=True, slots=True)
+class ExportQuery:
+    since: datetime | None = None
+    until: datetime | None = None
+    site: str | None = None
+
+
+Exporter = Callable[[Session, ExportQuery], Iterable[dict[str, Any]]]
+
+
+def iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat(timespec="seconds")
+
+
+def _window(query: _Q, column: Any, q: ExportQuery) -> _Q:
+    if q.since is not None:
+        query = query.where(column >= q.since)
+    if q.until is not None:
+        query = query.where(column < q.until)
+    return query
+
+
+def export_devices(session: Session, q: ExportQuery) -> Iterator[dict[str, Any]]:
+    query = (
+        select(Device, Site.code, Person)
+        .join(Site, Device.site_id == Site.id)
+        .outerjoin(Person, Device.owner_id == Person.id)
+        .order_by(Site.code, Device.mac)
+    )
+    if q.site:
+        query = query.where(Site.code == q.site)
+    query = _window(query, Device.created_at, q)
+    for device, site, owner in session.execute(query):
+        yield {
+            "mac": device.mac,
+            "site": site,
+            "device_class": device.device_class.value,
+            "status": device.status.value,
+            "status_reason": device.status_reason,
+            "owner": owner.name if owner else None,
+            "owner_email": owner.email if owner else None,
+            "owner_role": owner.role.value if owner else None,
+            "asset_tag": device.asset_tag,
+            "name": device.name,
+            "needs_reassignment": device.needs_reassignment,
+            "created_at": iso(device.created_at),
+            "status_changed_at": iso(device.status_changed_at),
+        }
+
+
+def export_decisions(session: Session, q: ExportQuery) -> Iterator[dict[str, Any]]:
+    query = select(DecisionRecord).order_by(DecisionRecord.decided_at, DecisionRecord.id)
+    if q.site:
+        query = query.where(DecisionRecord.site_code == q.site)
+    query = _window(query, DecisionRecord.decided_at, q)
+    for row in session.scalars(query.execution_options(yield_per=1000)):
+        yield {
+            "decided_at": iso(row.decided_at),
+            "site": row.site_code,
+            "nas": row.nas_name,
+            "nas_ip": row.nas_ip,
+            "mac": row.mac,
+            "username": row.username,
+            "location": row.location,
+            "access": row.access,
+            "vlan": row.vlan,
+            "reason": row.reason,
+            "rule": row.rule,
+            "session_timeout": row.session_timeout,
+            "micros": row.micros,
+        }
+
+
+def export_sessions(session: Session, q: ExportQuery) -> Iterator[dict[str, Any]]:
+    owner = aliased(Person)
+    query = (
+        select(AccountingSession, owner.name)
+        .outerjoin(Device, Device.mac == AccountingSession.mac)
+        .outerjoin(owner, Device.owner_id == owner.id)
+        .order_by(AccountingSession.started_at, AccountingSession.id)
+    )
+    if q.site:
+        query = query.where(AccountingSession.site_code == q.site)
+    query = _window(query, AccountingSession.started_at, q)
+    for row, person in session.execute(query):
+        yield {
+            "started_at": iso(row.started_at),
+            "updated_at": iso(row.updated_at),
+            "stopped_at": iso(row.stopped_at),
+            "site": row.site_code,
+            "nas_ip": row.nas_ip,
+            "nas_identifier": row.nas_identifier,
+            "acct_session_id": row.acct_session_id,
+            "mac": row.mac,
+            "person": person,
+            "username": row.username,
+            "framed_ip": row.framed_ip,
+            "called_station_id": row.called_station_id,
+            "nas_port_id": row.nas_port_id,
+            "location": row.location,
+            "session_time": row.session_time,
+            "input_octets": row.input_octets,
+            "output_octets": row.output_octets,
+            "terminate_cause": row.terminate_cause,
+        }
+
+
+def export_signatures(session: Session, q: ExportQuery) -> Iterator[dict[str, Any]]:
+    query = (
+        select(Signature, Agreement, Person, Device)
+        .join(Agreement, Signature.agreement_id == Agreement.id)
+        .outerjoin(Person, Signature.person_id == Person.id)
+        .outerjoin(Device, Signature.device_id == Device.id)
+        .order_by(Signature.signed_at, Signature.id)
+    )
+    if q.site:
+        query = query.outerjoin(Site, Device.site_id == Site.id).where(Site.code == q.site)
+    query = _window(query, Signature.signed_at, q)
+    for sig, agreement, person, device in session.execute(query):
+        yield {
+            "signed_at": iso(sig.signed_at),
+            "kind": agreement.kind.value,
+            "agreement_version": agreement.version,
+            "agreement_sha256": sig.agreement_sha256,
+            "typed_name": sig.typed_name,
+            "person": person.name if person else None,
+            "person_email": person.email if person else None,
+            "organisation": sig.organisation,
+            "visiting": sig.visiting,
+            "mac": device.mac if device else None,
+            "client_ip": sig.client_ip,
+            "user_agent": sig.user_agent,
+            "valid_until": iso(sig.valid_until),
+            "source": sig.source.value,
+            "recorded_by": sig.recorded_by,
+        }
+
+
+def export_incidents(session: Session, q: ExportQuery) -> Iterator[dict[str, Any]]:
+    query = (
+        select(Incident, Device, Person, Site.code)
+        .join(Device, Incident.device_id == Device.id)
+        .join(Site, Device.site_id == Site.id)
+        .outerjoin(Person, Device.owner_id == Person.id)
+        .order_by(Incident.reported_at)
+    )
+    if q.site:
+        query = query.where(Site.code == q.site)
+    query = _window(query, Incident.reported_at, q)
+    for incident, device, person, site in session.execute(query):
+        yield {
+            "reported_at": iso(incident.reported_at),
+            "site": site,
+            "kind": incident.kind.value,
+            "mac": device.mac,
+            "device_class": device.device_class.value,
+            "asset_tag": device.asset_tag,
+            "owner": person.name if person else None,
+            "reported_by": incident.reported_by,
+            "description": incident.description,
+            "dpo_notified_at": iso(incident.dpo_notified_at),
+        }
+
+
+def export_exceptions(session: Session, q: ExportQuery) -> Iterator[dict[str, Any]]:
+    query = (
+        select(AccessException, Device, Site.code)
+        .join(Device, AccessException.device_id == Device.id)
+        .join(Site, Device.site_id == Site.id)
+        .order_by(AccessException.created_at)
+    )
+    if q.site:
+        query = query.where(Site.code == q.site)
+    query = _window(query, AccessException.created_at, q)
+    for grant, device, site in session.execute(query):
+        yield {
+            "id": grant.id,
+            "site": site,
+            "mac": device.mac,
+            "access": grant.access.value,
+            "reason": grant.reason,
+            "approved_by": grant.approved_by,
+            "valid_from": iso(grant.valid_from),
+            "valid_until": iso(grant.valid_until),
+            "revoked_at": iso(grant.revoked_at),
+        }
+
+
+def export_audit(session: Session, q: ExportQuery) -> Iterator[dict[str, Any]]:
+    query = _window(select(AuditEntry).order_by(AuditEntry.id), AuditEntry.at, q)
+    for entry in session.scalars(query):
+        yield {
+            "id": entry.id,
+            "at": iso(entry.at),
+            "actor": entry.actor,
+            "tag": entry.tag,
+            "subject": entry.subject,
+            "detail": entry.detail,
+            "prev_hash": entry.prev_hash,
+            "hash": entry.hash,
+        }
+
+
+CORE_EXPORTS: dict[str, Exporter] = {
+    "devices": export_devices,
+    "decisions": export_decisions,
+    "sessions": export_sessions,
+    "signatures": export_signatures,
+    "incidents": export_incidents,
+    "exceptions": export_exceptions,
+    "audit": export_audit,
+}
+
+
+def all_exporters() -> dict[str, Exporter]:
+    """The core's exporters plus every area's `EXPORTS`."""
+    from service import enforcement
+    from service.monitor import exports as monitor_exports
+
+    return {**CORE_EXPORTS, **enforcement.EXPORTS, **monitor_exports.EXPORTS}
+
+
+def write_rows(rows: Iterable[dict[str, Any]], out: IO[str], fmt: str) -> int:
+    """Write rows as CSV (header from the first row) or JSON Lines; returns the count."""
+    count = 0
+    if fmt == "jsonl":
+        for row in rows:
+            out.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
+            count += 1
+        return count
+    writer: csv.DictWriter[str] | None = None
+    for row in rows:
+        if writer is None:
+            writer = csv.DictWriter(out, fieldnames=list(row), lineterminator="\n")
+            writer.writeheader()
+        writer.writerow(
+            {k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in row.items()}
+        )
+        count += 1
+    return count

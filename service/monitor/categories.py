@@ -1,0 +1,56 @@
+"""Category lists: plain files of domains, one per line, e.g. from the school's filtering
+provider. The file name is the category; a `# severity: immediate|weekly` line sets how the
+alert is handled (default weekly: it goes in the weekly report to the DSL)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.errors import Invalid
+
+SEVERITIES = ("immediate", "weekly")
+
+
+class CategoryList:
+    def __init__(self) -> None:
+        self.domains: dict[str, tuple[str, str]] = {}  # domain -> (category, severity)
+
+    def add(self, category: str, severity: str, domains: list[str]) -> None:
+        if severity not in SEVERITIES:
+            raise Invalid(f"category {category}: severity must be one of {', '.join(SEVERITIES)}")
+        for domain in domains:
+            self.domains[domain.strip().lower().rstrip(".")] = (category, severity)
+
+    def match(self, name: str) -> tuple[str, str] | None:
+        """(category, severity) if `name` or any parent domain is listed."""
+        labels = name.lower().rstrip(".").split(".")
+        for start in range(len(labels) - 1):
+            found = self.domains.get(".".join(labels[start:]))
+            if found is not None:
+                return found
+        return self.domains.get(labels[-1]) if labels else None
+
+    def __len__(self) -> int:
+        return len(self.domains)
+
+
+def load_categories(directory: str | Path) -> CategoryList:
+    """Every `*.txt` or `*.list` file in `directory`."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise Invalid(f"no category directory at {folder}")
+    result = CategoryList()
+    for path in sorted([*folder.glob("*.txt"), *folder.glob("*.list")]):
+        severity = "weekly"
+        domains = []
+        for raw in path.read_text(encoding="utf-8").splitlines():
+            line = raw.strip()
+            if line.startswith("#"):
+                key, _, value = line[1:].partition(":")
+                if key.strip().lower() == "severity":
+                    severity = value.strip().lower()
+                continue
+            if line:
+                domains.append(line.split()[0])
+        result.add(path.stem, severity, domains)
+    return result

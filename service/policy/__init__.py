@@ -1,0 +1,29 @@
+"""The policy engine: a pure function from (request, facts, site policy, time) to a decision."""
+
+from service.policy.engine import decide, locate
+from service.policy.loader import load_policy_text, parse_duration
+from service.policy.model import (
+    NO_EXPIRY,
+    AccessRequest,
+    Decision,
+    DeviceFacts,
+    Grant,
+    LocationSpec,
+    Rule,
+    SitePolicy,
+)
+
+__all__ = [
+    "NO_EXPIRY",
+    "AccessRequest",
+    "Decision",
+    "DeviceFacts",
+    "Grant",
+    "LocationSpec",
+    "Rule",
+    "SitePolicy",
+    "decide",
+    "load_policy_text",
+    "locate",
+    "parse_duration",
+]

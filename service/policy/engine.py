@@ -1,0 +1,380 @@
+"""The policy engine: `decide()` is a pure function of (request, device facts, policy, time).
+
+Order of questions (DESIGN.md): unknown device → registration; revoked, lost, exited → none;
+the class's level from the site's matrix; narrowing rules (time windows, BYOD-free places,
+exam sessions) which only lower it; exceptions, which only raise it (a headteacher's decision
+for one device is not undone by the timetable); then the gates a level needs (visitor AUA,
+staff approval and BYOD statement) which send the device to the registration portal.
+
+Hot path: the RADIUS server calls this for every Access-Request. It works on POSIX seconds,
+keeps per-policy memo tables (location per NAS identifiers, local clock per minute, rule
+boundaries per day) and allocates little. Guarded by `bench/policy.py` (target 100,000/s).
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from datetime import UTC, date, datetime, timedelta
+
+from service.enums import Access, DeviceClass, DeviceStatus
+from service.policy.model import (
+    AccessRequest,
+    Decision,
+    DeviceFacts,
+    Grant,
+    Rule,
+    SitePolicy,
+)
+
+NONE = Access.NONE
+REGISTRATION = Access.REGISTRATION
+VISITOR = DeviceClass.VISITOR_OWNED
+STAFF = DeviceClass.STAFF_OWNED
+PERSONAL = frozenset(
+    {DeviceClass.STAFF_OWNED, DeviceClass.LEARNER_OWNED, DeviceClass.VISITOR_OWNED}
+)
+_LOCATION_MEMO_LIMIT = 50_000
+
+CLASS_LABEL = {
+    DeviceClass.SCHOOL_SINGLE: "A school-owned device allocated to one person",
+    DeviceClass.SCHOOL_SHARED: "A school-owned device shared by several users",
+    DeviceClass.AUTHORISED: "An authorised device",
+    DeviceClass.STAFF_OWNED: "A member of staff's own device",
+    DeviceClass.LEARNER_OWNED: "A pupil's own device",
+    DeviceClass.VISITOR_OWNED: "A visitor's own device",
+}
+LEVEL_TEXT = {
+    Access.FULL: "full network access",
+    Access.SEGREGATED: (
+        "the segregated network for personal devices (kept apart from school systems)"
+    ),
+    Access.INTERNET: "internet-only access",
+    Access.NONE: "no network access",
+}
+STATUS_REASON = {
+    DeviceStatus.REVOKED: "The school revoked this device's access",
+    DeviceStatus.LOST: "This device was reported lost or stolen, so its access is revoked",
+    DeviceStatus.EXITED: "This device went through the exit process and is no longer used here",
+}
+
+
+def decide(
+    request: AccessRequest,
+    device: DeviceFacts | None,
+    policy: SitePolicy,
+    now: datetime,
+) -> Decision:
+    """Answer one access question. No I/O; `now` must be timezone-aware."""
+    ts = now.timestamp()
+    location = locate(policy, request)
+    if device is None:
+        return _registration(
+            policy,
+            ts,
+            location,
+            "This device is not registered with the school, so it only reaches the registration "
+            "portal, where a visitor signs the acceptable use agreement or staff register it.",
+            "unknown-device",
+            (),
+        )
+    status = device.status
+    if status.is_blocked:
+        reason = STATUS_REASON[status]
+        if device.status_reason:
+            reason += f" ({device.status_reason})"
+        return Decision(NONE, None, reason + ".", f"status.{status.value}", None, location)
+    device_class = device.device_class
+    if device_class in PERSONAL and not device.owner_active:
+        return Decision(
+            NONE,
+            None,
+            "The owner of this personal device has left the school, so it no longer has access.",
+            "owner-left",
+            None,
+            location,
+        )
+
+    base = policy.access[device_class]
+    level = base
+    narrowing: Rule | None = None
+    weekday, minute = _clock(policy, ts)
+    for rule in policy.rules:
+        if (
+            device_class in rule.classes
+            and rule.access.rank < level.rank
+            and _rule_applies(rule, location, ts, weekday, minute)
+        ):
+            level = rule.access
+            narrowing = rule
+
+    grant = _best_grant(device.grants, ts)
+    widened = grant is not None and grant.access.rank > level.rank
+    if grant is not None and widened:
+        level = grant.access
+
+    label = CLASS_LABEL[device_class]
+    if level is NONE:
+        if narrowing is not None:
+            where = f" in {location}" if location else ""
+            reason = (
+                f'{label}: the rule "{narrowing.name}" applies{where} at this time, '
+                "so it has no network access."
+            )
+            return Decision(NONE, None, reason, f"rule:{narrowing.name}", None, location)
+        reason = f"{label}: {policy.school_name}'s policy gives it no network access."
+        extra = policy.explanations.get(device_class.value)
+        if extra:
+            reason += f" {extra}"
+        return Decision(NONE, None, reason, f"access.{device_class.value}", None, location)
+
+    # The gates: what the level needs before it is granted.
+    if device_class is VISITOR:
+        until = device.aua_valid_until
+        if until is None or until <= ts:
+            reason = (
+                "A visitor's own device gets internet access once the visitor acceptable use "
+                "agreement is signed at the portal"
+                if until is None
+                else "The visitor's signed acceptable use agreement has expired; signing it again "
+                "at the portal restores access"
+            )
+            return _registration(
+                policy, ts, location, reason + ".", "gate.visitor-aua", device.grants
+            )
+    elif device_class is STAFF:
+        if policy.staff_needs_approval and status is DeviceStatus.PENDING:
+            return _registration(
+                policy,
+                ts,
+                location,
+                "A member of staff's own device needs the school's permission first: it is "
+                "waiting for IT to approve it.",
+                "gate.staff-approval",
+                device.grants,
+            )
+        until = device.byod_valid_until
+        if policy.staff_needs_byod_statement and (until is None or until <= ts):
+            return _registration(
+                policy,
+                ts,
+                location,
+                "A member of staff's own device needs the signed BYOD statement; it can be "
+                "signed at the portal.",
+                "gate.staff-byod",
+                device.grants,
+            )
+    elif status is DeviceStatus.PENDING:
+        return _registration(
+            policy,
+            ts,
+            location,
+            f"{label} is waiting for IT to approve it.",
+            "gate.pending",
+            device.grants,
+        )
+
+    reason = f"{label} gets {LEVEL_TEXT[base]} under {policy.school_name}'s policy"
+    rule_name = f"access.{device_class.value}"
+    if narrowing is not None:
+        where = f" in {location}" if location else ""
+        reason += f'; the rule "{narrowing.name}" limits it{where} now to {LEVEL_TEXT[level]}'
+        rule_name = f"rule:{narrowing.name}"
+    if grant is not None and widened:
+        reason += (
+            f"; an exception approved by {grant.approved_by} ({grant.reason}) gives "
+            f"{LEVEL_TEXT[level]}"
+        )
+        if grant.valid_until != math.inf:
+            reason += f" until {_local_text(policy, grant.valid_until)}"
+        rule_name = "exception"
+    timeout = _session_timeout(policy, device, device_class, location, ts)
+    return Decision(level, policy.vlans[level], reason + ".", rule_name, timeout, location)
+
+
+def locate(policy: SitePolicy, request: AccessRequest) -> str | None:
+    """The first `[[locations]]` entry whose patterns match NAS-Identifier, Called-Station-Id
+    (whole, AP MAC part or SSID part) or NAS-Port-Id; None when nothing matches."""
+    if not policy.locations:
+        return None
+    key = (request.nas_identifier, request.called_station_id, request.nas_port_id)
+    memo = policy._memo.setdefault("locate", {})
+    found = memo.get(key, memo)
+    if found is not memo:
+        return found  # type: ignore[no-any-return]
+    candidates = [v for v in key if v]
+    called = request.called_station_id
+    if called and ":" in called.replace("-", ":")[17:]:
+        # "AA-BB-CC-DD-EE-FF:SSID" → also try the AP MAC and the SSID alone.
+        candidates.extend((called[:17], called[18:]))
+    result: str | None = None
+    for spec in policy.locations:
+        if any(spec.regex.match(value) for value in candidates):
+            result = spec.name
+            break
+    if len(memo) > _LOCATION_MEMO_LIMIT:
+        memo.clear()
+    memo[key] = result
+    return result
+
+
+def _registration(
+    policy: SitePolicy,
+    ts: float,
+    location: str | None,
+    reason: str,
+    rule: str,
+    grants: tuple[Grant, ...],
+) -> Decision:
+    timeout = policy.registration_timeout
+    for grant in grants:  # a grant starting soon changes the answer
+        if ts < grant.valid_from < ts + timeout:
+            timeout = max(1, math.floor(grant.valid_from - ts))
+    return Decision(REGISTRATION, policy.vlans[REGISTRATION], reason, rule, timeout, location)
+
+
+def _best_grant(grants: tuple[Grant, ...], ts: float) -> Grant | None:
+    best: Grant | None = None
+    for grant in grants:
+        if grant.valid_from <= ts < grant.valid_until and (
+            best is None or grant.access.rank > best.access.rank
+        ):
+            best = grant
+    return best
+
+
+def _rule_applies(rule: Rule, location: str | None, ts: float, weekday: int, minute: int) -> bool:
+    if rule.locations is not None and location not in rule.locations:
+        return False
+    if location in rule.except_locations:
+        return False
+    if rule.starts is not None and ts < rule.starts:
+        return False
+    if rule.ends is not None and ts >= rule.ends:
+        return False
+    if rule.days is not None and weekday not in rule.days:
+        return False
+    if rule.window is not None:
+        start, end = rule.window
+        return start <= minute < end
+    return True
+
+
+def _clock(policy: SitePolicy, ts: float) -> tuple[int, int]:
+    """(weekday, minute of the local day) for `ts`, memoised per UTC minute."""
+    bucket = int(ts // 60)
+    memo = policy._memo.get("clock")
+    if memo is not None and memo[0] == bucket:
+        return memo[1], memo[2]
+    local = datetime.fromtimestamp(ts, policy.tz)
+    weekday, minute = local.weekday(), local.hour * 60 + local.minute
+    policy._memo["clock"] = (bucket, weekday, minute)
+    return weekday, minute
+
+
+def _session_timeout(
+    policy: SitePolicy,
+    device: DeviceFacts,
+    device_class: DeviceClass,
+    location: str | None,
+    ts: float,
+) -> int:
+    """Seconds until the answer could change: the next rule boundary, grant start or end, or
+    signature expiry, capped by the policy's maximum."""
+    horizon = ts + policy.max_session_timeout
+    boundaries = _boundaries(policy, device_class, location, ts)
+    index = bisect_right(boundaries, ts)
+    if index < len(boundaries) and boundaries[index] < horizon:
+        horizon = boundaries[index]
+    for grant in device.grants:
+        if ts < grant.valid_from < horizon:
+            horizon = grant.valid_from
+        if ts < grant.valid_until < horizon:
+            horizon = grant.valid_until
+    if device_class is VISITOR:
+        expiry = device.aua_valid_until
+    elif device_class is STAFF and policy.staff_needs_byod_statement:
+        expiry = device.byod_valid_until
+    else:
+        expiry = None
+    if expiry is not None and ts < expiry < horizon:
+        horizon = expiry
+    return max(1, math.floor(horizon - ts))
+
+
+def _boundaries(
+    policy: SitePolicy, device_class: DeviceClass, location: str | None, ts: float
+) -> tuple[float, ...]:
+    """Sorted instants around `ts` at which a rule relevant to this class and place may start or
+    stop applying (window edges, day changes, absolute from/until, clock changes)."""
+    day = datetime.fromtimestamp(ts, policy.tz).date()
+    key = ("bounds", day.toordinal(), device_class, location)
+    cached = policy._memo.get(key)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    rules = [
+        r
+        for r in policy.rules
+        if device_class in r.classes
+        and (r.locations is None or location in r.locations)
+        and location not in r.except_locations
+    ]
+    points: set[float] = set()
+    span = math.ceil(policy.max_session_timeout / 86400) + 1
+    days = [day + timedelta(days=offset) for offset in range(-1, span + 1)]
+    timed = [r for r in rules if r.window is not None or r.days is not None]
+    for rule in rules:
+        if rule.starts is not None:
+            points.add(rule.starts)
+        if rule.ends is not None:
+            points.add(rule.ends)
+    for current in days:
+        weekday = current.weekday()
+        for rule in timed:
+            if rule.days is not None and rule.days != frozenset(range(7)):
+                points.add(_local_instant(policy, current, 0))  # the day itself changes
+            if rule.window is not None and (rule.days is None or weekday in rule.days):
+                points.add(_local_instant(policy, current, rule.window[0]))
+                points.add(_local_instant(policy, current, rule.window[1]))
+        if timed:
+            transition = _offset_change(policy, current)
+            if transition is not None:
+                points.add(transition)
+    result = tuple(sorted(points))
+    if len(policy._memo) > _LOCATION_MEMO_LIMIT:
+        policy._memo.clear()
+    policy._memo[key] = result
+    return result
+
+
+def _local_instant(policy: SitePolicy, day: date, minute: int) -> float:
+    base = datetime(day.year, day.month, day.day, tzinfo=policy.tz)
+    if minute >= 24 * 60:
+        nxt = day + timedelta(days=1)
+        return datetime(nxt.year, nxt.month, nxt.day, tzinfo=policy.tz).timestamp()
+    return base.replace(hour=minute // 60, minute=minute % 60).timestamp()
+
+
+def _offset_change(policy: SitePolicy, day: date) -> float | None:
+    """The instant the UTC offset changes on `day` (a clock change), to the minute, or None."""
+    start = datetime(day.year, day.month, day.day, tzinfo=policy.tz).timestamp()
+    end = start + 86400 + 7200
+    tz = policy.tz
+
+    def offset(t: float) -> timedelta | None:
+        return datetime.fromtimestamp(t, tz).utcoffset()
+
+    if offset(start) == offset(end):
+        return None
+    low, high = start, end
+    while high - low > 60:
+        mid = (low + high) / 2
+        if offset(mid) == offset(start):
+            low = mid
+        else:
+            high = mid
+    return math.floor(high / 60) * 60.0
+
+
+def _local_text(policy: SitePolicy, ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).astimezone(policy.tz).strftime("%d %b %Y %H:%M")

@@ -1,0 +1,128 @@
+"""Plain data in and out of the policy engine. Frozen dataclasses, no database, no clock.
+
+Times inside facts are POSIX timestamps (float seconds, UTC) so the hot path compares numbers;
+`math.inf` means "no expiry".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from service.enums import Access, DeviceClass, DeviceStatus, Role
+
+NO_EXPIRY = float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRequest:
+    """What the NAS told us about where the device is asking from."""
+
+    mac: str | None
+    nas_identifier: str | None = None
+    called_station_id: str | None = None  # AP MAC, optionally ":SSID"
+    nas_port_id: str | None = None
+    username: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """An exception in force for a device: the access it widens to, and for how long."""
+
+    access: Access
+    valid_from: float
+    valid_until: float  # NO_EXPIRY when open-ended
+    reason: str
+    approved_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFacts:
+    """Everything the engine needs to know about one registered device and its owner."""
+
+    mac: str
+    device_class: DeviceClass
+    status: DeviceStatus
+    site_code: str | None = None
+    status_reason: str | None = None
+    owner_name: str | None = None
+    owner_role: Role | None = None
+    owner_active: bool = True
+    # Latest expiry of a signature of each kind (NO_EXPIRY for none); None = never signed.
+    aua_valid_until: float | None = None
+    byod_valid_until: float | None = None
+    grants: tuple[Grant, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    access: Access
+    vlan: int | None
+    reason: str
+    rule: str
+    session_timeout: int | None  # seconds until the answer could change; None for a reject
+    location: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "access": self.access.value,
+            "vlan": self.vlan,
+            "reason": self.reason,
+            "rule": self.rule,
+            "session_timeout": self.session_timeout,
+            "location": self.location,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class LocationSpec:
+    name: str
+    patterns: tuple[str, ...]
+    regex: re.Pattern[str]  # the globs, compiled once, case-insensitive
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A narrowing rule: when it matches, access goes down to `access`, never up."""
+
+    name: str
+    classes: frozenset[DeviceClass]
+    access: Access
+    days: frozenset[int] | None = None  # 0 = Monday; None = every day
+    window: tuple[int, int] | None = None  # minutes after local midnight, [start, end)
+    locations: frozenset[str] | None = None  # only at these; None = everywhere
+    except_locations: frozenset[str] = frozenset()
+    starts: float | None = None  # absolute window, POSIX seconds
+    ends: float | None = None
+
+
+@dataclass(frozen=True)
+class SitePolicy:
+    """A validated, compiled site policy (see DESIGN.md for the TOML it comes from)."""
+
+    site: str
+    timezone: str
+    vlans: dict[Access, int]
+    access: dict[DeviceClass, Access]
+    locations: tuple[LocationSpec, ...]
+    rules: tuple[Rule, ...]
+    school_name: str = ""
+    aua_valid_until: str = "end_of_day"  # or a duration in seconds, as a decimal string
+    school_day_ends: int = 18 * 60  # minutes after midnight; "end_of_day" ends here
+    registration_timeout: int = 300
+    max_session_timeout: int = 12 * 3600
+    staff_needs_approval: bool = True
+    staff_needs_byod_statement: bool = True
+    explanations: dict[str, str] = field(default_factory=dict)
+    # Memo tables the engine fills as it goes (location by NAS identifiers, local clock by
+    # minute, boundaries by day). They make repeated decisions cheap and do not change answers.
+    _memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        zone = self._memo.get("tz")
+        if zone is None:
+            zone = self._memo["tz"] = ZoneInfo(self.timezone)
+        return zone

@@ -1,0 +1,495 @@
+"""The policy engine against the seeds: one table row per class × state × rule combination."""
+
+from __future__ import annotations
+
+from datetime import UTC, timedelta
+
+import pytest
+
+from service.enums import Access, DeviceClass, DeviceStatus
+from service.policy import NO_EXPIRY, AccessRequest, Grant, decide
+from tests.service.policy_fixtures import SIGNED, at, facts, london, policy
+
+C = DeviceClass
+S = DeviceStatus
+MONDAY_10 = "2026-11-23 10:00"  # term time, lessons
+MONDAY_17 = "2026-11-23 17:00"  # after school
+SATURDAY_10 = "2026-11-28 10:00"
+
+
+def later(hours: float) -> float:
+    return (london(MONDAY_10) + timedelta(hours=hours)).timestamp()
+
+
+# (school, when, NAS identifier, class, status, aua/byod signed?, expected access, expected rule)
+TABLE = [
+    # Westgate (seed 003): the matrix itself.
+    (
+        "westgate",
+        MONDAY_10,
+        None,
+        C.SCHOOL_SINGLE,
+        S.ACTIVE,
+        False,
+        Access.FULL,
+        "access.school_single",
+    ),
+    (
+        "westgate",
+        MONDAY_10,
+        None,
+        C.SCHOOL_SHARED,
+        S.ACTIVE,
+        False,
+        Access.FULL,
+        "access.school_shared",
+    ),
+    (
+        "westgate",
+        MONDAY_10,
+        None,
+        C.AUTHORISED,
+        S.ACTIVE,
+        False,
+        Access.INTERNET,
+        "access.authorised",
+    ),
+    ("westgate", MONDAY_10, None, C.STAFF_OWNED, S.ACTIVE, True, Access.NONE, "access.staff_owned"),
+    (
+        "westgate",
+        MONDAY_10,
+        None,
+        C.STAFF_OWNED,
+        S.PENDING,
+        False,
+        Access.NONE,
+        "access.staff_owned",
+    ),
+    (
+        "westgate",
+        MONDAY_10,
+        None,
+        C.VISITOR_OWNED,
+        S.ACTIVE,
+        True,
+        Access.INTERNET,
+        "access.visitor_owned",
+    ),
+    (
+        "westgate",
+        MONDAY_10,
+        None,
+        C.VISITOR_OWNED,
+        S.ACTIVE,
+        False,
+        Access.REGISTRATION,
+        "gate.visitor-aua",
+    ),
+    (
+        "westgate",
+        MONDAY_10,
+        None,
+        C.LEARNER_OWNED,
+        S.ACTIVE,
+        False,
+        Access.NONE,
+        "access.learner_owned",
+    ),
+    ("westgate", MONDAY_10, None, C.SCHOOL_SINGLE, S.REVOKED, False, Access.NONE, "status.revoked"),
+    ("westgate", MONDAY_10, None, C.SCHOOL_SINGLE, S.LOST, False, Access.NONE, "status.lost"),
+    ("westgate", MONDAY_10, None, C.VISITOR_OWNED, S.EXITED, True, Access.NONE, "status.exited"),
+    # Guest network school (seed 001): staff segregated after permission and statement.
+    (
+        "guest-network",
+        MONDAY_10,
+        None,
+        C.STAFF_OWNED,
+        S.ACTIVE,
+        True,
+        Access.SEGREGATED,
+        "access.staff_owned",
+    ),
+    (
+        "guest-network",
+        MONDAY_10,
+        None,
+        C.STAFF_OWNED,
+        S.PENDING,
+        True,
+        Access.REGISTRATION,
+        "gate.staff-approval",
+    ),
+    (
+        "guest-network",
+        MONDAY_10,
+        None,
+        C.STAFF_OWNED,
+        S.ACTIVE,
+        False,
+        Access.REGISTRATION,
+        "gate.staff-byod",
+    ),
+    (
+        "guest-network",
+        MONDAY_10,
+        "AP-CHANGING-2",
+        C.STAFF_OWNED,
+        S.ACTIVE,
+        True,
+        Access.NONE,
+        "rule:changing rooms are BYOD free",
+    ),
+    (
+        "guest-network",
+        MONDAY_10,
+        "AP-CHANGING-2",
+        C.SCHOOL_SHARED,
+        S.ACTIVE,
+        False,
+        Access.FULL,
+        "access.school_shared",
+    ),
+    (
+        "guest-network",
+        "2027-05-12 09:00",
+        "AP-HALL-1",
+        C.STAFF_OWNED,
+        S.ACTIVE,
+        True,
+        Access.NONE,
+        "rule:summer exam season in the exam hall",
+    ),
+    (
+        "guest-network",
+        "2027-05-12 18:00",
+        "AP-HALL-1",
+        C.STAFF_OWNED,
+        S.ACTIVE,
+        True,
+        Access.SEGREGATED,
+        "access.staff_owned",
+    ),
+    (
+        "guest-network",
+        "2027-07-01 09:00",
+        "AP-HALL-1",
+        C.STAFF_OWNED,
+        S.ACTIVE,
+        True,
+        Access.SEGREGATED,
+        "access.staff_owned",
+    ),
+    (
+        "guest-network",
+        "2027-05-12 09:00",
+        "AP-HALL-1",
+        C.SCHOOL_SINGLE,
+        S.ACTIVE,
+        False,
+        Access.FULL,
+        "access.school_single",
+    ),
+    # Special Partnership Trust (seed 004): 08:30-15:30 except staffroom and SLT offices.
+    (
+        "spt",
+        MONDAY_10,
+        "AP-CLASS-3",
+        C.STAFF_OWNED,
+        S.ACTIVE,
+        True,
+        Access.NONE,
+        "rule:personal devices off in working hours, except staffroom and SLT offices",
+    ),
+    (
+        "spt",
+        MONDAY_10,
+        "AP-STAFFROOM-1",
+        C.STAFF_OWNED,
+        S.ACTIVE,
+        True,
+        Access.SEGREGATED,
+        "access.staff_owned",
+    ),
+    (
+        "spt",
+        MONDAY_10,
+        "AP-SLT-2",
+        C.STAFF_OWNED,
+        S.ACTIVE,
+        True,
+        Access.SEGREGATED,
+        "access.staff_owned",
+    ),
+    (
+        "spt",
+        MONDAY_17,
+        "AP-CLASS-3",
+        C.STAFF_OWNED,
+        S.ACTIVE,
+        True,
+        Access.SEGREGATED,
+        "access.staff_owned",
+    ),
+    (
+        "spt",
+        "2026-11-23 08:29",
+        "AP-CLASS-3",
+        C.STAFF_OWNED,
+        S.ACTIVE,
+        True,
+        Access.SEGREGATED,
+        "access.staff_owned",
+    ),
+    (
+        "spt",
+        "2026-11-23 08:30",
+        "AP-CLASS-3",
+        C.STAFF_OWNED,
+        S.ACTIVE,
+        True,
+        Access.NONE,
+        "rule:personal devices off in working hours, except staffroom and SLT offices",
+    ),
+    (
+        "spt",
+        "2026-11-23 15:30",
+        "AP-CLASS-3",
+        C.STAFF_OWNED,
+        S.ACTIVE,
+        True,
+        Access.SEGREGATED,
+        "access.staff_owned",
+    ),
+    (
+        "spt",
+        SATURDAY_10,
+        "AP-CLASS-3",
+        C.STAFF_OWNED,
+        S.ACTIVE,
+        True,
+        Access.SEGREGATED,
+        "access.staff_owned",
+    ),
+    (
+        "spt",
+        MONDAY_10,
+        "AP-CLASS-3",
+        C.VISITOR_OWNED,
+        S.ACTIVE,
+        True,
+        Access.NONE,
+        "rule:personal devices off in working hours, except staffroom and SLT offices",
+    ),
+    (
+        "spt",
+        MONDAY_10,
+        "AP-STAFFROOM-1",
+        C.VISITOR_OWNED,
+        S.ACTIVE,
+        True,
+        Access.INTERNET,
+        "access.visitor_owned",
+    ),
+    (
+        "spt",
+        MONDAY_10,
+        "AP-CLASS-3",
+        C.SCHOOL_SINGLE,
+        S.ACTIVE,
+        False,
+        Access.FULL,
+        "access.school_single",
+    ),
+    (
+        "spt",
+        MONDAY_10,
+        "AP-CLASS-3",
+        C.LEARNER_OWNED,
+        S.ACTIVE,
+        False,
+        Access.NONE,
+        "access.learner_owned",
+    ),
+    # St Andrew's (seed 000): staff devices internet, but only outside contact time or in the staff room.
+    (
+        "st-andrews",
+        MONDAY_17,
+        None,
+        C.STAFF_OWNED,
+        S.ACTIVE,
+        True,
+        Access.INTERNET,
+        "access.staff_owned",
+    ),
+    (
+        "st-andrews",
+        MONDAY_10,
+        "AP-STAFFROOM",
+        C.STAFF_OWNED,
+        S.ACTIVE,
+        True,
+        Access.INTERNET,
+        "access.staff_owned",
+    ),
+    (
+        "st-andrews",
+        MONDAY_10,
+        "AP-YEAR4",
+        C.STAFF_OWNED,
+        S.ACTIVE,
+        True,
+        Access.NONE,
+        "rule:no personal phones in contact time, except staff room and office",
+    ),
+    # Chancery (seed 002): lesson blocks, break time allowed.
+    (
+        "chancery",
+        "2026-11-23 10:35",
+        "AP-Y5",
+        C.STAFF_OWNED,
+        S.ACTIVE,
+        True,
+        Access.SEGREGATED,
+        "access.staff_owned",
+    ),
+    (
+        "chancery",
+        "2026-11-23 11:00",
+        "AP-Y5",
+        C.STAFF_OWNED,
+        S.ACTIVE,
+        True,
+        Access.NONE,
+        "rule:late-morning lessons: no personal devices where children are",
+    ),
+    (
+        "chancery",
+        "2026-11-23 12:30",
+        "AP-Y5",
+        C.STAFF_OWNED,
+        S.ACTIVE,
+        True,
+        Access.SEGREGATED,
+        "access.staff_owned",
+    ),
+    (
+        "chancery",
+        "2026-11-23 11:00",
+        "AP-STAFFROOM",
+        C.STAFF_OWNED,
+        S.ACTIVE,
+        True,
+        Access.SEGREGATED,
+        "access.staff_owned",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("school", "when", "nas", "device_class", "status", "signed", "expected", "rule"), TABLE
+)
+def test_seed_matrix(school, when, nas, device_class, status, signed, expected, rule) -> None:
+    device = facts(
+        device_class,
+        status=status,
+        aua_until=SIGNED if signed else None,
+        byod_until=SIGNED if signed else None,
+    )
+    decision = decide(at(nas), device, policy(school), london(when))
+    assert (decision.access, decision.rule) == (expected, rule), decision.reason
+    p = policy(school)
+    if expected in (Access.NONE,):
+        assert decision.vlan is None
+        assert decision.session_timeout is None
+    else:
+        assert decision.vlan == p.vlans[expected]
+        assert decision.session_timeout is not None
+        assert decision.session_timeout > 0
+    assert decision.reason.endswith(".")
+
+
+def test_unknown_device_goes_to_registration() -> None:
+    decision = decide(
+        AccessRequest(mac="aa:aa:aa:aa:aa:aa"), None, policy("westgate"), london(MONDAY_10)
+    )
+    assert decision.access is Access.REGISTRATION
+    assert decision.vlan == 99
+    assert decision.rule == "unknown-device"
+    assert decision.session_timeout == policy("westgate").registration_timeout
+
+
+def test_visitor_who_signed_yesterday_is_back_in_registration_today() -> None:
+    yesterday_end = london("2026-11-22 18:00").timestamp()
+    device = facts(C.VISITOR_OWNED, aua_until=yesterday_end)
+    decision = decide(at(), device, policy("westgate"), london(MONDAY_10))
+    assert decision.access is Access.REGISTRATION
+    assert "expired" in decision.reason
+
+
+def test_visitor_session_ends_when_the_aua_expires() -> None:
+    device = facts(C.VISITOR_OWNED, aua_until=london("2026-11-23 18:00").timestamp())
+    decision = decide(at(), device, policy("westgate"), london(MONDAY_10))
+    assert decision.access is Access.INTERNET
+    assert decision.session_timeout == 8 * 3600
+
+
+def test_staff_session_ends_when_the_working_day_window_starts() -> None:
+    device = facts(C.STAFF_OWNED, byod_until=SIGNED)
+    decision = decide(at("AP-CLASS-1"), device, policy("spt"), london("2026-11-23 08:00"))
+    assert decision.access is Access.SEGREGATED
+    assert decision.session_timeout == 30 * 60
+
+
+def test_pupil_medical_device_exception_widens_access_until_it_expires() -> None:
+    until = later(24 * 7)
+    grant = Grant(Access.INTERNET, later(-1), until, "glucose monitor app", "headteacher")
+    device = facts(C.LEARNER_OWNED, grants=(grant,))
+    decision = decide(at(), device, policy("chancery"), london(MONDAY_10))
+    assert decision.access is Access.INTERNET
+    assert decision.rule == "exception"
+    assert "headteacher" in decision.reason
+    expired = decide(at(), device, policy("chancery"), london(MONDAY_10) + timedelta(days=8))
+    assert expired.access is Access.NONE
+
+
+def test_exception_is_not_undone_by_a_time_rule() -> None:
+    grant = Grant(Access.SEGREGATED, later(-1), NO_EXPIRY, "emergency contact: child unwell", "SLT")
+    device = facts(C.STAFF_OWNED, byod_until=SIGNED, grants=(grant,))
+    decision = decide(at("AP-CLASS-3"), device, policy("spt"), london(MONDAY_10))
+    assert decision.access is Access.SEGREGATED
+    assert decision.rule == "exception"
+
+
+def test_future_exception_does_not_apply_yet_but_shortens_the_session() -> None:
+    grant = Grant(Access.INTERNET, later(1), NO_EXPIRY, "trip", "headteacher")
+    device = facts(C.LEARNER_OWNED, grants=(grant,))
+    decision = decide(at(), device, policy("westgate"), london(MONDAY_10))
+    assert decision.access is Access.NONE
+
+
+def test_leaver_personal_device_has_no_access_but_school_device_keeps_it() -> None:
+    phone = facts(C.STAFF_OWNED, byod_until=SIGNED, owner_active=False)
+    assert decide(at(), phone, policy("guest-network"), london(MONDAY_10)).rule == "owner-left"
+    laptop = facts(C.SCHOOL_SINGLE, owner_active=False)
+    assert decide(at(), laptop, policy("guest-network"), london(MONDAY_10)).access is Access.FULL
+
+
+def test_location_from_called_station_id_ssid() -> None:
+    request = AccessRequest(
+        mac="aa:bb:cc:00:00:01", called_station_id="AA-BB-CC-11-22-33:Westgate-Staff"
+    )
+    decision = decide(request, facts(C.SCHOOL_SINGLE), policy("westgate"), london(MONDAY_10))
+    assert decision.location == "staffroom"
+
+
+def test_clock_change_is_respected() -> None:
+    """On the last Sunday of March 2027 London moves to BST; 08:30 local is then 07:30 UTC."""
+    p = policy("spt")
+    device = facts(C.STAFF_OWNED, byod_until=SIGNED)
+    monday_bst = london("2027-03-29 08:30").astimezone(UTC)
+    assert monday_bst.hour == 7
+    assert decide(at("AP-CLASS-1"), device, p, monday_bst).access is Access.NONE
+    before = monday_bst - timedelta(minutes=1)
+    decision = decide(at("AP-CLASS-1"), device, p, before)
+    assert decision.access is Access.SEGREGATED
+    assert decision.session_timeout == 60
