@@ -16,6 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service import registry
+from service.db import transaction
+from service.enforcement import CLOCK_KEY
 from service.enums import IncidentKind
 from service.errors import Conflict, Invalid, NotFound, SchoolgateError
 from service.facts import decide_for_mac
@@ -76,15 +78,9 @@ def revoke_token(session: Session, token_id: int) -> ApiToken:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    session = request.app.state.session_factory()
-    try:
+    with transaction(request.app.state.session_factory) as session:
+        session.info[CLOCK_KEY] = request.app.state.clock
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
     if request.method == "POST":
         # The change is committed: send the CoA it queued (the dispatcher retries the rest).
         from portal.app import flush_coa

@@ -28,9 +28,9 @@ from portal.ratelimit import RateLimiter
 from portal.signin import LocalAccounts, SignInSource
 from portal.tokens import Signer
 from portal.vendors import RedirectInfo, parse_redirect, safe_url
-from service import registry
+from service import enforcement, registry
 from service.config import Settings
-from service.db import make_engine, make_session_factory
+from service.db import make_engine, make_session_factory, transaction
 from service.enums import Access, AgreementKind, DeviceClass, DeviceStatus, SignatureSource
 from service.errors import Invalid, NotFound, SchoolgateError
 from service.facts import decide_for_mac, load_policy
@@ -109,15 +109,9 @@ def create_app(
 
     @contextmanager
     def db() -> Iterator[Session]:
-        session = factory()
-        try:
+        with transaction(factory) as session:
+            session.info[enforcement.CLOCK_KEY] = now_fn
             yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
 
     def client_ip(request: Request) -> str:
         return request.client.host if request.client else "0.0.0.0"  # noqa: S104
@@ -127,6 +121,15 @@ def create_app(
 
     def problem(request: Request, title: str, message: str, status: int) -> HTMLResponse:
         return render(request, "problem.html", status, title=title, message=message)
+
+    def unseen(request: Request) -> HTMLResponse:
+        """No open accounting session for this IP (or the URL's MAC disagrees with it)."""
+        return problem(
+            request,
+            "We cannot see your device yet",
+            "Please reconnect to the school Wi-Fi and open any web page again.",
+            409,
+        )
 
     def who(session: Session, request: Request, info: RedirectInfo) -> Client:
         return identify(session, client_ip(request), info.mac)
@@ -285,12 +288,7 @@ def create_app(
                 )
                 return render(request, "refused.html", school=policy.school_name, text=text)
         except (Unidentified, Mismatch):
-            return problem(
-                request,
-                "We cannot see your device yet",
-                "Please reconnect to the school Wi-Fi and try again.",
-                409,
-            )
+            return unseen(request)
 
     # ---------------------------------------------------------------- visitor
     @app.get("/visitor", response_class=HTMLResponse, include_in_schema=False)
@@ -320,12 +318,7 @@ def create_app(
                     or request.query_params.get("continue_url", ""),
                 )
         except (Unidentified, Mismatch):
-            return problem(
-                request,
-                "We cannot see your device yet",
-                "Please reconnect to the school Wi-Fi and open any web page again.",
-                409,
-            )
+            return unseen(request)
         except NotFound:
             return problem(
                 request,
@@ -407,12 +400,7 @@ def create_app(
                 )
                 log.info("portal: visitor AUA signed for %s from %s", client.mac, client.ip)
         except (Unidentified, Mismatch):
-            return problem(
-                request,
-                "We cannot see your device yet",
-                "Please reconnect to the school Wi-Fi and open any web page again.",
-                409,
-            )
+            return unseen(request)
         except Invalid as exc:
             msgs = errors or [str(exc)]
             return _visitor_page(request, form, msgs, 400)
@@ -450,12 +438,7 @@ def create_app(
                     continue_url=next_url or "",
                 )
         except (Unidentified, Mismatch):
-            return problem(
-                request,
-                "We cannot see your device yet",
-                "Please reconnect to the school Wi-Fi and open any web page again.",
-                409,
-            )
+            return unseen(request)
 
     # ---------------------------------------------------------------- staff
     @app.get("/staff", response_class=HTMLResponse, include_in_schema=False)
@@ -469,12 +452,7 @@ def create_app(
             with db() as session:
                 client = who(session, request, RedirectInfo("none"))
         except (Unidentified, Mismatch):
-            return problem(
-                request,
-                "We cannot see your device yet",
-                "Please reconnect to the school Wi-Fi and open any web page again.",
-                409,
-            )
+            return unseen(request)
         return render(
             request,
             "staff_signin.html",
@@ -497,12 +475,7 @@ def create_app(
             session.commit()
         except (Unidentified, Mismatch):
             session.rollback()
-            return problem(
-                request,
-                "We cannot see your device yet",
-                "Please reconnect to the school Wi-Fi and open any web page again.",
-                409,
-            )
+            return unseen(request)
         except Invalid as exc:
             session.commit()  # keep the failed-attempt count
             log.info(
@@ -598,12 +571,7 @@ def create_app(
                     user_agent=request.headers.get("user-agent"),
                 )
         except (Unidentified, Mismatch):
-            return problem(
-                request,
-                "We cannot see your device yet",
-                "Please reconnect to the school Wi-Fi and open any web page again.",
-                409,
-            )
+            return unseen(request)
         except Invalid as exc:
             try:
                 return _byod_page(request, ticket, form, errors or [str(exc)], 400)

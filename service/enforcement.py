@@ -65,6 +65,16 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+# `session.info[CLOCK_KEY]`: the caller's clock (the portal's), so "before" and "after" are
+# decided at the same moment the caller decided the change at.
+CLOCK_KEY = "clock"
+
+
+def _decision_time(session: Session) -> datetime:
+    clock = session.info.get(CLOCK_KEY)
+    return clock() if callable(clock) else _now()
+
+
 def _open_sessions(session: Session, macs: set[str], site_codes: set[str]) -> list[_OpenSession]:
     if not macs and not site_codes:
         return []
@@ -157,7 +167,7 @@ def watch(
     session.flush()
     mac_set, codes = _scope(session, device_ids, macs, site_ids)
     sessions = _open_sessions(session, mac_set, codes)
-    now = _now()
+    now = _decision_time(session)
     before = _decisions(session, sessions, now)
     yield
     session.flush()

@@ -140,7 +140,13 @@ def decide(
                 "at the portal restores access"
             )
             return _registration(
-                policy, ts, location, reason + ".", "gate.visitor-aua", device.grants
+                policy,
+                ts,
+                location,
+                reason + ".",
+                "gate.visitor-aua",
+                device.grants,
+                _session_timeout(policy, device, device_class, location, ts),
             )
     elif device_class is STAFF:
         if policy.staff_needs_approval and status is DeviceStatus.PENDING:
@@ -152,6 +158,7 @@ def decide(
                 "waiting for IT to approve it.",
                 "gate.staff-approval",
                 device.grants,
+                _session_timeout(policy, device, device_class, location, ts),
             )
         until = device.byod_valid_until
         if policy.staff_needs_byod_statement and (until is None or until <= ts):
@@ -163,6 +170,7 @@ def decide(
                 "signed at the portal.",
                 "gate.staff-byod",
                 device.grants,
+                _session_timeout(policy, device, device_class, location, ts),
             )
     elif status is DeviceStatus.PENDING:
         return _registration(
@@ -172,6 +180,7 @@ def decide(
             f"{label} is waiting for IT to approve it.",
             "gate.pending",
             device.grants,
+            _session_timeout(policy, device, device_class, location, ts),
         )
 
     reason = f"{label} gets {LEVEL_TEXT[base]} under {policy.school_name}'s policy"
@@ -225,8 +234,11 @@ def _registration(
     reason: str,
     rule: str,
     grants: tuple[Grant, ...],
+    cap: int | None = None,
 ) -> Decision:
-    timeout = policy.registration_timeout
+    """`cap`: behind a gate the level still follows rules and grants; when one of those ends
+    the answer may change (to no access, say), so the timeout must not outlive it."""
+    timeout = policy.registration_timeout if cap is None else min(policy.registration_timeout, cap)
     for grant in grants:  # a grant starting soon changes the answer
         if ts < grant.valid_from < ts + timeout:
             timeout = max(1, math.floor(grant.valid_from - ts))
