@@ -1,5 +1,6 @@
 # schoolgate: one image for every role (radius, portal, monitor, coa); the command picks it.
-# Build: docker build -t schoolgate .   Run: see deploy/compose.yaml
+# Build: docker build -t schoolgate .
+# Run:   docker run -e SCHOOLGATE_DATABASE_URL=postgresql+psycopg://... schoolgate radius serve
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./

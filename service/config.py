@@ -58,6 +58,7 @@ class Settings(BaseSettings):
             "dns_queries": 90,
             "visits": 365,
             "alerts": 730,
+            "bindings": 90,
             "coa_requests": 90,
         }
     )

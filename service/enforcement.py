@@ -34,6 +34,8 @@ KIND_COA = "coa"
 QUEUED = "queued"
 # Set in `session.info` when a transaction queued a request, so the CLI knows to send it.
 QUEUED_FLAG = "coa_queued"
+# `session.info[PENDING_KEY]`: accounting session id -> the request queued for it so far.
+PENDING_KEY = "coa_pending"
 SENT = "sent"
 ACK = "ack"
 NAK = "nak"
@@ -201,24 +203,31 @@ def _queue_changes(
         if sessions
         else {}
     )
+    pending: dict[int, CoaRequest] = session.info.setdefault(PENDING_KEY, {})
     for s in sessions:
         old = before.get(s.id)
         new = after.get(s.id)
         if new is None or old == new:
             continue
         kind = KIND_DISCONNECT if new[0] in (Access.NONE,) else KIND_COA
-        queued.append(
-            _add_request(
-                session,
-                s,
-                device_id=device_ids.get(s.mac),
-                kind=kind,
-                reason=reason,
-                actor=actor,
-                old=old,
-                new=new,
-            )
+        row = pending.get(s.id)
+        if row is not None and row.state == QUEUED:
+            # A watch nested in another in this transaction already queued this session:
+            # one request, carrying the final outcome.
+            row.kind, row.new_access, row.new_vlan = kind, new[0].value, new[1]
+            continue
+        row = _add_request(
+            session,
+            s,
+            device_id=device_ids.get(s.mac),
+            kind=kind,
+            reason=reason,
+            actor=actor,
+            old=old,
+            new=new,
         )
+        pending[s.id] = row
+        queued.append(row)
     session.flush()
     return queued
 

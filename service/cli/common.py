@@ -23,7 +23,13 @@ from service.config import Settings
 from service.db import make_engine, make_session_factory, transaction
 from service.errors import Invalid
 
-console = Console()
+
+def _width() -> int | None:
+    """A terminal sets its own width; piped into grep or a file, tables must not wrap at 80."""
+    return None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
+
+
+console = Console(width=_width())
 err_console = Console(stderr=True)
 
 JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table.")

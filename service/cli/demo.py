@@ -28,6 +28,9 @@ def demo(
     serve: bool = typer.Option(
         False, "--serve/--no-serve", help="Then start the RADIUS server and the portal."
     ),
+    auth_port: int = typer.Option(1812, "--auth-port", help="With --serve: RADIUS auth port."),
+    acct_port: int = typer.Option(1813, "--acct-port", help="With --serve: accounting port."),
+    portal_port: int = typer.Option(8080, "--portal-port", help="With --serve: portal port."),
 ) -> None:
     """Create the Westgate demo school (if not there yet) and print what each device gets."""
     state = get_state(ctx)
@@ -68,7 +71,7 @@ def demo(
     if serve:
         from service.cli.serve import ServeAddresses, serve_all
 
-        where = ServeAddresses(host="127.0.0.1")
+        where = ServeAddresses("127.0.0.1", auth_port, acct_port, portal_port)
         settings = state.settings.model_copy(
             update={"portal_url": f"http://127.0.0.1:{where.portal_port}/"}
         )

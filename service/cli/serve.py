@@ -64,8 +64,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+def port_in_use(host: str, port: int, kind: socket.SocketKind = socket.SOCK_DGRAM) -> bool:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        if kind == socket.SOCK_STREAM:  # as uvicorn does: a closed portal's TIME_WAIT is no clash
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
@@ -127,6 +129,8 @@ def serve_all(
 
     if not 0 < where.portal_port < 65536:
         fail(f"--portal-port {where.portal_port} is not a TCP port")
+    if port_in_use(where.host, where.portal_port, socket.SOCK_STREAM):
+        fail(f"TCP port {where.portal_port} on {where.host} is in use (is a portal running?)")
     radius = start_radius(settings, where)
     engine = make_engine(settings.database_url)
     try:

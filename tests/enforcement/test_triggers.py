@@ -16,7 +16,7 @@ from service import enforcement
 from service.db import transaction
 from service.devices import add_device, approve_device, exit_device, report_lost, revoke_device
 from service.grants import grant_exception
-from service.models import NasClient
+from service.models import Device, NasClient
 from service.models.coa import CoaRequest
 from service.people import find_person, leave_person
 from service.sites import store_policy
@@ -238,3 +238,14 @@ def test_retention_purges_only_old_finished_requests(
         removed = purge(session, settings=load_settings(None), now=datetime.now(UTC), actor="t")
     assert removed["coa_requests"] == 1
     assert [s for (_m, s, _o, _n) in _queued(session_factory)] == ["coa"]
+
+
+def test_nested_watches_queue_one_request_with_the_final_outcome(
+    live: SimpleNamespace, session_factory: sessionmaker[Session]
+) -> None:
+    """A change made of changes (revoke inside a wider watch) sends one request, not two."""
+    with transaction(session_factory) as session:
+        device_id = session.scalar(select(Device.id).where(Device.mac == live.school_laptop))
+        with enforcement.watch(session, device_ids=[device_id], reason="outer"):
+            revoke_device(session, mac=live.school_laptop, reason="inner", actor="t")
+    assert _queued(session_factory) == [(live.school_laptop, "disconnect", "full", "none")]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -7,12 +8,24 @@ from typing import Any
 import pytest
 
 from service.monitor.attribution import Attributor
-from service.monitor.capture import CaptureStats, read_file
+from service.monitor.capture import CaptureStats, feed_file
 from service.monitor.categories import load_categories
-from service.monitor.engine import Monitor
+from service.monitor.engine import Monitor, with_datetimes
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_PCAPS = REPO.parent / "shared" / "pcaps"
+# The reference captures live beside the checkout (../shared/pcaps); a clone elsewhere (CI)
+# finds them through SCHOOLGATE_SHARED_PCAPS or the workplace's /work/shared.
+SHARED_PCAPS = next(
+    (
+        p
+        for p in (
+            Path(os.environ.get("SCHOOLGATE_SHARED_PCAPS", REPO.parent / "shared" / "pcaps")),
+            Path("/work/shared/pcaps"),
+        )
+        if p.is_dir()
+    ),
+    REPO.parent / "shared" / "pcaps",
+)
 
 
 class Recorded:
@@ -22,7 +35,9 @@ class Recorded:
         self.stats = CaptureStats()
 
     def __call__(self, kind: str, row: dict[str, Any]) -> None:
-        self.rows.setdefault(kind, []).append(row)
+        # The engine gives times as epoch seconds; the tests read them as the database keeps
+        # them, aware UTC datetimes.
+        self.rows.setdefault(kind, []).append(with_datetimes(kind, row))
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return self.rows.get(kind, [])
@@ -45,8 +60,9 @@ def run_file() -> RunFile:
             attributor=attributor,
             categories=load_categories(REPO / "deploy" / "categories") if categories else None,
         )
-        for ts, frame, linktype in read_file(path, recorded.stats):
-            monitor.packet(ts, frame, linktype)
+        # The way `schoolgate monitor run --read` feeds the engine (its fast path included).
+        for _block in feed_file(path, recorded.stats, monitor.handler):
+            pass
         monitor.finish()
         recorded.monitor = monitor
         return recorded
