@@ -24,6 +24,7 @@ from starlette.background import BackgroundTask
 
 from portal import api
 from portal.identify import Client, Mismatch, Unidentified, identify
+from portal.oidc import OidcSignIn, ProviderUnavailable, SignInRefused
 from portal.ratelimit import RateLimiter
 from portal.signin import LocalAccounts, SignInSource
 from portal.tokens import Signer
@@ -75,6 +76,7 @@ def create_app(
     session_factory: sessionmaker[Session] | None = None,
     clock: Callable[[], datetime] | None = None,
     sign_in: SignInSource | None = None,
+    oidc: OidcSignIn | None = None,
 ) -> FastAPI:
     factory = session_factory or make_session_factory(make_engine(settings.database_url))
     now_fn = clock or (lambda: datetime.now(UTC))
@@ -87,6 +89,8 @@ def create_app(
         settings.portal_url if settings.portal_url.endswith("/") else settings.portal_url + "/"
     )
     portal_host = urlparse(portal_url).netloc.lower()
+    # Staff may also sign in with the school's OIDC provider when one is configured.
+    oidc = oidc or OidcSignIn.from_settings(settings, signer, portal_url + "staff/oidc/callback")
     templates = Jinja2Templates(directory=str(HERE / "templates"))
 
     app = FastAPI(
@@ -460,6 +464,7 @@ def create_app(
             errors=errors,
             username=username,
             csrf=signer.csrf("staff-signin", client.mac),
+            oidc_name=oidc.name if oidc else None,
         )
 
     @app.post("/staff", response_class=HTMLResponse, include_in_schema=False)
@@ -487,6 +492,79 @@ def create_app(
             return _staff_signin_page(request, [str(exc)], username, 400)
         finally:
             session.close()
+        return _byod_page(request, ticket, {}, [])
+
+    # ---------------------------------------------------------------- staff: OIDC
+    def _oidc_unavailable(request: Request) -> HTMLResponse:
+        return problem(
+            request,
+            "Not available",
+            "Signing in with a school Google or Microsoft account is not set up here.",
+            404,
+        )
+
+    @app.get("/staff/oidc", include_in_schema=False)
+    def staff_oidc_start(request: Request) -> Response:
+        """Start the OIDC sign-in: 302 to the provider, the device's MAC inside `state`."""
+        if oidc is None:
+            return _oidc_unavailable(request)
+        try:
+            with db() as session:
+                client = who(session, request, RedirectInfo("none"))
+        except (Unidentified, Mismatch):
+            return unseen(request)
+        try:
+            url = oidc.start(client.mac)
+        except ProviderUnavailable as exc:
+            log.warning("portal: OIDC sign-in for %s (%s): %s", client.ip, client.mac, exc)
+            return _staff_signin_page(
+                request,
+                [
+                    f"We cannot reach {oidc.name} just now: try again in a minute, "
+                    "or sign in with your school network account."
+                ],
+                "",
+                503,
+            )
+        return RedirectResponse(url, status_code=302)
+
+    @app.get("/staff/oidc/callback", response_class=HTMLResponse, include_in_schema=False)
+    def staff_oidc_callback(request: Request) -> Response:
+        """The provider's redirect back: same device, verified ID token, active staff."""
+        if oidc is None:
+            return _oidc_unavailable(request)
+        params = {k: v[:4096] for k, v in request.query_params.items()}
+        try:
+            with db() as session:
+                client = who(session, request, RedirectInfo("none"))
+        except (Unidentified, Mismatch):
+            return unseen(request)
+        try:
+            claims = oidc.finish(params, client.mac)  # no DB transaction held over the network
+            with db() as session:
+                person = oidc.person_for(session, claims)
+                ticket = signer.ticket(person.id, client.mac)
+                who_signed = person.username or person.email or str(person.id)
+        except ProviderUnavailable as exc:
+            log.warning("portal: OIDC sign-in for %s (%s): %s", client.ip, client.mac, exc)
+            return _staff_signin_page(
+                request,
+                [f"We cannot reach {oidc.name} just now: please try again in a minute."],
+                "",
+                503,
+            )
+        except SignInRefused as exc:
+            log.info(
+                "portal: OIDC sign-in refused for %s (%s): %s", client.ip, client.mac, exc.reason
+            )
+            return _staff_signin_page(request, [str(exc)], "", 400)
+        log.info(
+            "portal: staff %s signed in with %s for %s (%s)",
+            who_signed,
+            oidc.name,
+            client.mac,
+            client.ip,
+        )
         return _byod_page(request, ticket, {}, [])
 
     def _byod_page(

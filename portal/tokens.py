@@ -54,6 +54,11 @@ class Signer:
             raise Invalid("the form has expired: please start again")
         return data
 
+    def derive(self, purpose: str, value: str) -> str:
+        """A secret only this server can compute from a public `value` (43 URL-safe characters):
+        the OIDC PKCE verifier is derived from the `state`, so it never reaches the browser."""
+        return self._mac(f"derive:{purpose}:{value}".encode())
+
     def csrf(self, purpose: str, mac: str, *, now: float | None = None) -> str:
         return self.sign(
             {

@@ -48,6 +48,15 @@ class Settings(BaseSettings):
     portal_rate_limit_per_minute: int = 60
     portal_login_max_failures: int = 5
     portal_lockout_minutes: int = 15
+    # Staff sign-in with an OpenID Connect provider (Google Workspace, Microsoft Entra), offered
+    # beside local accounts when issuer and client id are set; see deploy/portal/README.md.
+    portal_oidc_issuer: str | None = None
+    portal_oidc_client_id: str | None = None
+    portal_oidc_client_secret: SecretStr | None = None
+    portal_oidc_scopes: str = "openid email profile"
+    # Only emails in these domains may sign in (empty: any domain the provider vouches for).
+    portal_oidc_allowed_domains: list[str] = Field(default_factory=list)
+    portal_oidc_name: str | None = None  # the button's "Sign in with ..."; else from the issuer
 
     # Retention in days per table of personal data (UK GDPR: keep only what is needed).
     retention_days: dict[str, int] = Field(
