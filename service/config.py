@@ -7,12 +7,24 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import Invalid
 
 DEFAULT_SECRET = "change-me"  # noqa: S105 - the development default that production refuses
+
+
+DEFAULT_RETENTION_DAYS = {
+    "decisions": 90,
+    "accounting_sessions": 365,
+    "flows": 90,
+    "dns_queries": 90,
+    "visits": 365,
+    "alerts": 730,
+    "bindings": 90,
+    "coa_requests": 90,
+}
 
 
 def default_database_url() -> str:
@@ -58,19 +70,17 @@ class Settings(BaseSettings):
     portal_oidc_allowed_domains: list[str] = Field(default_factory=list)
     portal_oidc_name: str | None = None  # the button's "Sign in with ..."; else from the issuer
 
-    # Retention in days per table of personal data (UK GDPR: keep only what is needed).
-    retention_days: dict[str, int] = Field(
-        default_factory=lambda: {
-            "decisions": 90,
-            "accounting_sessions": 365,
-            "flows": 90,
-            "dns_queries": 90,
-            "visits": 365,
-            "alerts": 730,
-            "bindings": 90,
-            "coa_requests": 90,
-        }
-    )
+    # Retention in days per table of personal data (UK GDPR: keep only what is needed). A file
+    # or variable naming some tables changes those; the others keep these defaults.
+    retention_days: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_RETENTION_DAYS))
+
+    @field_validator("retention_days", mode="after")
+    @classmethod
+    def _merge_retention_defaults(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = {k: v for k, v in value.items() if v < 1}
+        if bad:
+            raise ValueError(f"retention_days must be at least 1 day: {bad}")
+        return {**DEFAULT_RETENTION_DAYS, **value}
 
     @model_validator(mode="after")
     def _refuse_default_secret_in_production(self) -> Settings:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import typer
+from pydantic import SecretStr
 
 from service.cli.common import console, fail, get_state
 from service.config import Settings
@@ -56,11 +57,17 @@ def serve(
 def settings_env(settings: Settings) -> dict[str, str]:
     """The settings as `SCHOOLGATE_*` variables, so a child process sees exactly these."""
     env: dict[str, str] = {}
-    for name, value in settings.model_dump(mode="json").items():
-        key = f"SCHOOLGATE_{name.upper()}"
-        env[key] = json.dumps(value) if isinstance(value, dict | list) else str(value)
-    env["SCHOOLGATE_SECRET_KEY"] = settings.secret_key.get_secret_value()
-    env.pop("SCHOOLGATE_CONFIG", None)
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue  # unset: the child's default is None too
+        if isinstance(value, SecretStr):
+            text = value.get_secret_value()
+        elif isinstance(value, dict | list):
+            text = json.dumps(value)
+        else:
+            text = str(value)
+        env[f"SCHOOLGATE_{name.upper()}"] = text
     return env
 
 

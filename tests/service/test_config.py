@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from service.config import load_settings
@@ -42,3 +44,30 @@ def test_bad_config_file_is_named(tmp_path) -> None:
     typo.write_text('coa_retries = "many"\n')
     with pytest.raises(Invalid, match="bad setting coa_retries"):
         load_settings(typo)
+
+
+def test_settings_reach_a_child_process_whole(tmp_path, monkeypatch) -> None:
+    """`schoolgate serve` hands its settings (a --config file's too) to `radius serve`."""
+    from pydantic import SecretStr
+
+    from service.cli.serve import settings_env
+
+    config = tmp_path / "schoolgate.toml"
+    config.write_text(
+        'coa_retries = 7\nportal_oidc_allowed_domains = ["westgate.sch.uk"]\n'
+        "[retention_days]\nflows = 30\n"
+    )
+    for key in list(os.environ):
+        if key.startswith("SCHOOLGATE_"):
+            monkeypatch.delenv(key)
+    settings = load_settings(config).model_copy(
+        update={"portal_oidc_client_secret": SecretStr("s3cret")}
+    )
+    for key, value in settings_env(settings).items():
+        monkeypatch.setenv(key, value)
+    child = load_settings()
+    assert child == settings
+    assert child.portal_oidc_client_secret is not None
+    assert child.portal_oidc_client_secret.get_secret_value() == "s3cret"
+    assert child.retention_days["flows"] == 30
+    assert child.retention_days["alerts"] == 730  # tables the file did not name keep defaults
