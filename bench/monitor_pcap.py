@@ -1,17 +1,37 @@
-"""Benchmark: `schoolgate monitor run --read` end to end (parse, flows, names, visits, batch
-writes to a fresh SQLite database) against `tshark -T fields` extracting the same fields from the
-same large capture. Target: at least 5x tshark's packets/s.
+"""Benchmark: `schoolgate monitor run --read` end to end (start-up, parse, flows, names, visits,
+batch writes to a fresh SQLite database) against `tshark -T fields` extracting the same fields
+from the same large capture. Target: at least 5x tshark's packets/s.
 
-    /work/venv/bin/python bench/monitor_pcap.py [--copies 400] [--database-url URL]
+    /work/venv/bin/python bench/monitor_pcap.py [--copies 400] [--repeat 2] [--database-url URL]
 
 The capture is the generated school day (tests/monitor/traffic.py) plus every reference trace in
-../shared/pcaps with Ethernet framing, repeated with shifted times and addresses.
+../shared/pcaps with Ethernet framing, repeated with shifted times and addresses. Each side runs
+`--repeat` times, alternating; the best run of each is compared (a 2-core machine shared with
+other work is noisy), and the load average is printed.
+
+What each side extracts:
+- the monitor: per packet the time, outer VLAN id, IPv4/IPv6 addresses, protocol, ports, TCP
+  flags and IP length (flow counters); DNS id, query, type, rcode, A/AAAA/CNAME/PTR/NS/TXT/SRV
+  answers and TTLs; TLS SNI and HTTP Host from a flow's first payload packets (up to 4 each
+  way, no TCP reassembly); DHCP type, xid, client MAC, client/assigned/requested address,
+  hostname, lease time, server id; ARP opcode, sender MAC and IPs; BitTorrent handshake and
+  tracker info_hash, DHT and uTP markers. Plus the database writes tshark does not do.
+- tshark: TSHARK_FIELDS, the same fields by their Wireshark names, with TCP stream reassembly
+  and TCP sequence analysis switched off (TSHARK_PREFS): the monitor does neither, and with
+  them on tshark only does more work the monitor does not (about 5-10% of its time here).
+  Every packet is still fully dissected: tshark cannot be told to stop after a flow's first
+  payload packets, and with -T fields the number of fields matters little (the 19 fields this
+  bench used to ask for and these 47 differ by about 10%; the dissection is the cost).
+- for reference, `tshark -T fields -e dns.qry.name` with default preferences, the command the
+  issue quotes (~63,000 packets/s there; on this capture, mostly BitTorrent and short TCP
+  flows, 40-48,000 packets/s on this machine in November 2026).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import struct
 import subprocess
 import sys
@@ -29,21 +49,50 @@ TSHARK_FIELDS = [
     "vlan.id",
     "ip.src",
     "ip.dst",
+    "ip.proto",
+    "ip.len",
     "ipv6.src",
     "ipv6.dst",
+    "ipv6.plen",
     "tcp.srcport",
     "tcp.dstport",
+    "tcp.flags",
     "udp.srcport",
     "udp.dstport",
+    "dns.id",
+    "dns.flags.response",
     "dns.qry.name",
-    "dns.a",
+    "dns.qry.type",
     "dns.flags.rcode",
+    "dns.a",
+    "dns.aaaa",
+    "dns.cname",
+    "dns.ptr.domain_name",
+    "dns.ns",
+    "dns.txt",
+    "dns.srv.target",
+    "dns.resp.ttl",
     "tls.handshake.extensions_server_name",
     "http.host",
+    "http.request.uri",
+    "dhcp.option.dhcp",
+    "dhcp.id",
     "dhcp.hw.mac_addr",
+    "dhcp.ip.client",
     "dhcp.ip.your",
+    "dhcp.option.requested_ip_address",
+    "dhcp.option.hostname",
+    "dhcp.option.ip_address_lease_time",
+    "dhcp.option.dhcp_server_id",
+    "arp.opcode",
+    "arp.src.hw_mac",
+    "arp.src.proto_ipv4",
+    "arp.dst.proto_ipv4",
     "bittorrent.info_hash",
+    "bt-dht.id",
+    "bt-utp.type",
 ]
+TSHARK_PREFS = ["tcp.desegment_tcp_streams:FALSE", "tcp.analyze_sequence_numbers:FALSE"]
 
 
 def _records() -> list[tuple[float, bytes]]:
@@ -88,61 +137,83 @@ def build(path: Path, copies: int) -> int:
     return count
 
 
+def _timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
+    """Wall seconds, CPU seconds (user + system, the command and its children) and stdout."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    run = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return wall, cpu, run.stdout
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--copies", type=int, default=400)
+    parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--database-url", default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         capture = Path(tmp) / "big.pcap"
         packets = build(capture, args.copies)
         size = capture.stat().st_size
-        print(f"capture: {packets} packets, {size / 1e6:.1f} MB")
-        url = args.database_url or f"sqlite:///{tmp}/bench.db"
-        env = {**os.environ, "SCHOOLGATE_DATABASE_URL": url}
+        print(f"capture: {packets} packets, {size / 1e6:.1f} MB; load average {_load()}")
         schoolgate = [sys.executable, "-m", "service"]
-        subprocess.run([*schoolgate, "db", "upgrade"], env=env, check=True, capture_output=True)
-
-        started = time.perf_counter()
-        run = subprocess.run(
-            [*schoolgate, "monitor", "run", "--read", str(capture), "--quiet"],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        ours = time.perf_counter() - started
-        print(run.stdout.strip().splitlines()[0])
-
-        tshark_cmd = ["tshark", "-n", "-r", str(capture), "-T", "fields"]
+        tshark = ["tshark", "-n", "-r", str(capture)]
+        for pref in TSHARK_PREFS:
+            tshark += ["-o", pref]
+        tshark += ["-T", "fields"]
         for field in TSHARK_FIELDS:
-            tshark_cmd += ["-e", field]
-        started = time.perf_counter()
-        with open(os.devnull, "w") as sink:
-            subprocess.run(tshark_cmd, check=True, stdout=sink, stderr=subprocess.DEVNULL)
-        theirs = time.perf_counter() - started
-
+            tshark += ["-e", field]
         dns_only = ["tshark", "-n", "-r", str(capture), "-T", "fields", "-e", "dns.qry.name"]
-        started = time.perf_counter()
-        with open(os.devnull, "w") as sink:
-            subprocess.run(dns_only, check=True, stdout=sink, stderr=subprocess.DEVNULL)
-        theirs_dns = time.perf_counter() - started
 
+        ours: list[tuple[float, float]] = []
+        theirs: list[tuple[float, float]] = []
+        theirs_dns: list[tuple[float, float]] = []
+        for attempt in range(args.repeat):
+            url = args.database_url or f"sqlite:///{tmp}/bench{attempt}.db"
+            env = {**os.environ, "SCHOOLGATE_DATABASE_URL": url}
+            subprocess.run([*schoolgate, "db", "upgrade"], env=env, check=True, capture_output=True)
+            wall, cpu, out = _timed(
+                [*schoolgate, "monitor", "run", "--read", str(capture), "--quiet"], env
+            )
+            ours.append((wall, cpu))
+            print(f"run {attempt + 1}: {out.strip().splitlines()[0]}")
+            theirs.append(_timed(tshark)[:2])
+            theirs_dns.append(_timed(dns_only)[:2])
+            print(
+                f"run {attempt + 1}: ours {wall:.2f}s ({cpu:.2f}s CPU), "
+                f"tshark {theirs[-1][0]:.2f}s ({theirs[-1][1]:.2f}s CPU), "
+                f"tshark DNS names {theirs_dns[-1][0]:.2f}s ({theirs_dns[-1][1]:.2f}s CPU); "
+                f"load average {_load()}"
+            )
+
+    best, best_theirs, best_dns = (min(x[0] for x in runs) for runs in (ours, theirs, theirs_dns))
+    cpu, cpu_theirs = min(x[1] for x in ours), min(x[1] for x in theirs)
     print(
-        f"schoolgate monitor run --read (incl. start-up and DB writes): {ours:6.2f}s "
-        f"{packets / ours:10,.0f} packets/s"
+        f"schoolgate monitor run --read (incl. start-up and DB writes): {best:6.2f}s "
+        f"{packets / best:10,.0f} packets/s"
     )
     print(
-        f"tshark -T fields ({len(TSHARK_FIELDS)} fields):                     {theirs:6.2f}s "
-        f"{packets / theirs:10,.0f} packets/s"
+        f"tshark -T fields ({len(TSHARK_FIELDS)} fields, no TCP reassembly): {best_theirs:6.2f}s "
+        f"{packets / best_theirs:10,.0f} packets/s"
     )
     print(
-        f"tshark -T fields -e dns.qry.name:                          {theirs_dns:6.2f}s "
-        f"{packets / theirs_dns:10,.0f} packets/s"
+        f"tshark -T fields -e dns.qry.name:                          {best_dns:6.2f}s "
+        f"{packets / best_dns:10,.0f} packets/s"
     )
     print(
-        f"ratio vs tshark (same fields): {theirs / ours:.2f}x; vs tshark DNS names only: "
-        f"{theirs_dns / ours:.2f}x (target 5x)"
+        f"ratio vs tshark (same fields): {best_theirs / best:.2f}x; vs tshark DNS names only: "
+        f"{best_dns / best:.2f}x (target 5x); best of {args.repeat} each"
+    )
+    print(
+        f"CPU seconds (user+system, all processes): ours {cpu:.2f}s, tshark {cpu_theirs:.2f}s; "
+        f"ratio {cpu_theirs / cpu:.2f}x (ours uses a second process for the database writes)"
     )
 
 

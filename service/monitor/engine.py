@@ -3,12 +3,13 @@
 `Monitor.packet(ts, frame)` is the per-packet hot path (guarded by `bench/monitor_pcap.py`): it
 parses a few header fields from raw bytes, updates one flow, and only looks at payload bytes for
 the first packets of a flow or on the few ports that carry DNS/DHCP. Finished records are handed
-to a `sink` (the batch writer) as plain dicts; the engine itself never touches the database.
+to a `sink` (the batch writer) as plain dicts, times as float epoch seconds (TIME_COLUMNS); the
+engine itself never touches the database.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import heapq
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,6 +20,16 @@ from service.monitor.attribution import Attributor
 from service.monitor.categories import CategoryList
 
 Sink = Callable[[str, dict[str, Any]], None]
+
+# The time columns of each kind of row. The engine gives them as float epoch seconds (UTC); the
+# batch writer turns them into the database's UTC timestamps, `with_datetimes` into datetimes.
+TIME_COLUMNS: dict[str, tuple[str, ...]] = {
+    "flows": ("started_at", "ended_at"),
+    "dns": ("queried_at",),
+    "visits": ("started_at", "ended_at"),
+    "alerts": ("raised_at",),
+    "bindings": ("seen_at",),
+}
 
 _PAYLOAD_PACKETS = 4  # how many payload packets per direction are searched for names/P2P
 _TCP_IDLE = 300.0
@@ -38,30 +49,45 @@ _SERVICE_BY_PORT = {
 }
 
 
-_IP_TEXT: dict[bytes, str] = {}
+_DNS = 1  # Flow.kind of a UDP flow on a DNS port (every payload is parsed as DNS)
+_DHCP = 2  # Flow.kind of a UDP flow between DHCP ports
+_PROTO_NAMES = {parser.PROTO_TCP: "tcp", parser.PROTO_UDP: "udp"}
+_NEVER = 1e15  # expiry times from here on (an infinite visit gap) are never due
+_ETH_IPV4 = parser.ETH_IPV4.unpack_from
+_ETH_IPV4_MIN = parser.ETH_IPV4_MIN
+_MAX_FRAME = parser.MAX_FRAME
+_TCP = parser.PROTO_TCP
+_UDP = parser.PROTO_UDP
+_ETHERNET = parser.LINK_ETHERNET
+_KEY_AT = parser.ETH_IPV4_KEY
+_KEY_END = parser.ETH_IPV4_KEY + 12
 
 
-def _ip_text(raw: bytes) -> str:
-    """Address bytes to text, cached: the same few thousand addresses recur all day."""
-    text = _IP_TEXT.get(raw)
-    if text is None:
-        if len(_IP_TEXT) > 65536:
-            _IP_TEXT.clear()
-        text = _IP_TEXT[raw] = str(ipaddress.ip_address(raw))
-    return text
+def _pair(a: bytes, b: bytes) -> bytes:
+    """Two addresses in either order as one key (P2P peers)."""
+    return a + b if a <= b else b + a
 
 
-def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
+_ip_text = extract.address_text
+
+
+def with_datetimes(kind: str, row: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a row with its times (epoch seconds in the rows the engine hands out, so no
+    datetime is built per record on the hot path) as timezone-aware UTC datetimes."""
+    out = dict(row)
+    for column in TIME_COLUMNS[kind]:
+        out[column] = datetime.fromtimestamp(row[column], UTC)
+    return out
 
 
 class Flow:
     __slots__ = (
-        "client_text",
         "done",
         "end_reason",
         "first",
         "info_hash",
+        "key",
+        "kind",
         "last",
         "name",
         "name_source",
@@ -77,8 +103,12 @@ class Flow:
         "r_scan",
         "resp",
         "resp_port",
+        "rkey",
+        "seq",
         "service",
+        "table",
         "tcp_fin",
+        "timeout",
         "vlan",
     )
 
@@ -110,7 +140,13 @@ class Flow:
         self.info_hash: str | None = None
         self.service: str | None = _SERVICE_BY_PORT.get(resp_port)
         self.vlan = vlan
-        self.client_text: str | None = None
+        self.kind = 0  # _DNS or _DHCP for UDP flows on those ports
+        self.timeout = _TCP_IDLE if proto == parser.PROTO_TCP else _UDP_IDLE
+        # Set by Monitor._new_flow: creation order, the flow table and both directions' keys
+        # (`table` is None once the flow has left the table).
+        self.seq = 0
+        self.table: dict[bytes, tuple[Flow, bool]] | None = None
+        self.key = self.rkey = b""
 
 
 @dataclass
@@ -139,7 +175,19 @@ class Counters:
 
 
 class Visit:
-    __slots__ = ("bytes_down", "bytes_up", "category", "client", "end", "flows", "start", "who")
+    __slots__ = (
+        "bytes_down",
+        "bytes_up",
+        "category",
+        "client",
+        "end",
+        "flows",
+        "key",
+        "open",
+        "seq",
+        "start",
+        "who",
+    )
 
     def __init__(
         self, start: float, end: float, client: str, who: tuple[str | None, int | None, int | None]
@@ -152,10 +200,44 @@ class Visit:
         self.bytes_up = 0
         self.bytes_down = 0
         self.category: str | None = None
+        self.seq = 0
+        self.key: tuple[str, str] = ("", "")
+        self.open = True
+
+
+class _Due:
+    """Things (flows, visits) filed under the whole second at or before which they may go
+    idle; `pop_due(now)` returns those filed under a second before `now`. Filing something
+    again (its time moved) is fine: the caller checks the real condition and skips the gone."""
+
+    __slots__ = ("buckets", "heap")
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, list[Any]] = {}
+        self.heap: list[int] = []
+
+    def add(self, item: object, at: float) -> None:
+        if not at < _NEVER:
+            return
+        second = int(at)
+        bucket = self.buckets.get(second)
+        if bucket is None:
+            self.buckets[second] = [item]
+            heapq.heappush(self.heap, second)
+        else:
+            bucket.append(item)
+
+    def pop_due(self, now: float) -> list[Any]:
+        heap = self.heap
+        due: list[Any] = []
+        while heap and heap[0] < now:
+            due += self.buckets.pop(heapq.heappop(heap))
+        return due
 
 
 class Monitor:
-    """Feed frames with `packet()`, call `tick()` now and then and `finish()` at the end."""
+    """Feed frames with `packet()` (or the faster `handler(linktype)` callables), call `tick()`
+    now and then and `finish()` at the end."""
 
     def __init__(
         self,
@@ -174,7 +256,19 @@ class Monitor:
         self.visit_idle_gap = visit_idle_gap
         self.p2p_severity = p2p_severity
         self.counters = Counters()
-        self.flows: dict[tuple[bytes, int, bytes, int, int], Flow] = {}
+        # Flow tables, one per IP protocol: flow key (see parser.flow_key) -> (flow, whether
+        # the key is the flow's originator direction). Each flow is under both directions' keys.
+        self.tables: dict[int, dict[bytes, tuple[Flow, bool]]] = {
+            parser.PROTO_TCP: {},
+            parser.PROTO_UDP: {},
+        }
+        self._tcp = self.tables[parser.PROTO_TCP]
+        self._udp = self.tables[parser.PROTO_UDP]
+        self._flow_seq = 0
+        # Idle expiry: flows and visits filed under the whole second they may expire at, so a
+        # tick looks only at those due instead of at every flow (see `tick`).
+        self._flows_due = _Due()
+        self._visits_due = _Due()
         self.frags = parser.Reassembler()
         self.pending_dns: dict[
             tuple[bytes, int, bytes, int, int], tuple[float, extract.DnsMessage]
@@ -182,16 +276,132 @@ class Monitor:
         # (client ip, server ip) -> name from a DNS answer, and server ip -> name as a fallback.
         self.dns_names: dict[tuple[str, str], str] = {}
         self.dns_any: dict[str, str] = {}
-        self.p2p_peers: dict[frozenset[bytes], str] = {}
+        self.p2p_peers: dict[bytes, str] = {}  # _pair(a, b) -> label
         self.visits: dict[tuple[str, str], Visit] = {}
+        self._visit_seq = 0
         self.p2p_alerted: dict[str, float] = {}
         self.now = 0.0
         self._next_tick = 0.0
 
     # --- hot path -----------------------------------------------------------------------
 
+    def handler(self, linktype: int) -> Callable[[float, bytes, int, int], None]:
+        """The fastest way in for frames of `linktype`: a callable taking (timestamp, buffer,
+        start, end) with the frame at buffer[start:end] (capture.feed_file's handler)."""
+        if linktype == parser.LINK_ETHERNET:
+            return self._ether
+        parsed = self._parsed
+
+        def other(ts: float, buf: bytes, start: int, end: int) -> None:
+            parsed(ts, buf[start:end], linktype)
+
+        return other
+
     def packet(self, ts: float, frame: bytes, linktype: int = parser.LINK_ETHERNET) -> None:
         """One captured frame. Bad bytes are counted and skipped, never raised."""
+        if linktype == parser.LINK_ETHERNET:
+            self._ether(ts, frame, 0, len(frame))
+        else:
+            self._parsed(ts, frame, linktype)
+
+    def _ether(self, ts: float, buf: bytes, start: int, end: int) -> None:
+        """An Ethernet frame at buf[start:end]. Hot path (bench/monitor_pcap.py): untagged IPv4
+        TCP/UDP is read with one unpack_from (parser.ETH_IPV4) and a packet of a known, open
+        flow is settled here: one dict lookup on a slice of the header, counters, and only on
+        FIN/RST or a payload still to be scanned a call out. Everything else (new flows, VLAN
+        tags, IPv6, ARP, fragments, IP options, bad headers) goes through `parser.parse` and
+        `_flow_packet`, which this must agree with (tests/monitor/test_fastpath.py)."""
+        size = end - start
+        if size < _ETH_IPV4_MIN or size > _MAX_FRAME:
+            self._parsed(ts, buf[start:end], _ETHERNET)
+            return
+        etype, vihl, total, frag, proto, sport, dport, doff, flags = _ETH_IPV4(buf, start)
+        if etype != 0x0800 or vihl != 0x45 or frag & 0x3FFF or total + 14 > size:
+            self._parsed(ts, buf[start:end], _ETHERNET)
+            return
+        if proto == _TCP:
+            hlen = (doff >> 2) & 0x3C
+            if hlen < 20 or hlen + 20 > total:
+                self._parsed(ts, buf[start:end], _ETHERNET)
+                return
+        elif proto != _UDP or total < 28:
+            self._parsed(ts, buf[start:end], _ETHERNET)
+            return
+        counters = self.counters
+        counters.packets += 1
+        counters.bytes += size
+        if ts > self.now:
+            self.now = ts
+            if ts >= self._next_tick:
+                self.tick(ts)
+        key = buf[start + _KEY_AT : start + _KEY_END]
+        if proto == _TCP:
+            entry = self._tcp.get(key)
+            if entry is not None:
+                flow, forward = entry
+                if not flow.done:
+                    # A packet of a known, open connection: as `_flow_packet`, inlined.
+                    if ts < flow.last:
+                        self._late(flow, ts)
+                    flow.last = ts
+                    if forward:
+                        flow.o_pkts += 1
+                        flow.o_bytes += total
+                        if flags & 0x05:  # FIN or RST
+                            self._tcp_end(flow, flags, True)
+                        if total > hlen + 20 and flow.o_scan:
+                            self._tcp_payload(
+                                flow, buf[start + 34 + hlen : start + 14 + total], True
+                            )
+                    else:
+                        flow.r_pkts += 1
+                        flow.r_bytes += total
+                        if flags & 0x05:
+                            self._tcp_end(flow, flags, False)
+                        if total > hlen + 20 and flow.r_scan:
+                            self._tcp_payload(
+                                flow, buf[start + 34 + hlen : start + 14 + total], False
+                            )
+                    return
+            payload = buf[start + 34 + hlen : start + 14 + total]
+        else:
+            entry = self._udp.get(key)
+            if entry is not None:
+                # A packet of a known UDP flow (never `done` while in the table: only ticks
+                # and finish() close them, and they take it out at once): as `_flow_packet`.
+                flow, forward = entry
+                if ts < flow.last:
+                    self._late(flow, ts)
+                flow.last = ts
+                if forward:
+                    flow.o_pkts += 1
+                    flow.o_bytes += total
+                else:
+                    flow.r_pkts += 1
+                    flow.r_bytes += total
+                if total > 28:
+                    kind = flow.kind
+                    if kind == _DNS:
+                        self._dns(
+                            ts,
+                            key[0:4],
+                            sport,
+                            key[4:8],
+                            dport,
+                            buf[start + 42 : start + 14 + total],
+                        )
+                    elif kind == _DHCP:
+                        self._dhcp(ts, buf[start + 42 : start + 14 + total])
+                    elif flow.o_scan if forward else flow.r_scan:
+                        self._udp_payload(flow, buf[start + 42 : start + 14 + total], forward)
+                return
+            payload = buf[start + 42 : start + 14 + total]
+            flags = 0
+        src, dst = key[0:4], key[4:8]
+        self._flow_packet(ts, proto, key, src, sport, dst, dport, flags, 0, total, payload)
+
+    def _parsed(self, ts: float, frame: bytes, linktype: int) -> None:
+        """Any frame, through the full parser."""
         counters = self.counters
         counters.packets += 1
         counters.bytes += len(frame)
@@ -220,20 +430,45 @@ class Monitor:
         if proto == parser.ARP:
             self._arp(ts, src, src_mac, sport)
             return
-        flows = self.flows
-        key = (src, sport, dst, dport, proto)
-        flow = flows.get(key)
-        if flow is None:
-            flow = flows.get((dst, dport, src, sport, proto))
-            if flow is None:
-                flow = self._new_flow(key, ts, flags, vlan)
-        if flow.done:
-            if proto != parser.PROTO_TCP or flags & 0x12 != 0x02:
-                return  # a late ACK or retransmission of a connection already written
-            self._forget(flow)
-            flow = self._new_flow(key, ts, flags, vlan)
+        key = parser.flow_key(src, dst, sport, dport)
+        self._flow_packet(ts, proto, key, src, sport, dst, dport, flags, vlan, ip_len, payload)
+
+    def _flow_packet(
+        self,
+        ts: float,
+        proto: int,
+        key: bytes,
+        src: bytes,
+        sport: int,
+        dst: bytes,
+        dport: int,
+        flags: int,
+        vlan: int,
+        ip_len: int,
+        payload: bytes,
+    ) -> None:
+        """One IP packet of a flow, every case (the fast path in `_ether` is the common
+        subset of this, kept in step with it)."""
+        table = self.tables.get(proto)
+        if table is None:
+            table = self.tables[proto] = {}
+        entry = table.get(key)
+        if entry is None:
+            flow, forward = self._new_flow(
+                table, key, proto, src, sport, dst, dport, ts, flags, vlan
+            )
+        else:
+            flow, forward = entry
+            if flow.done:
+                if proto != parser.PROTO_TCP or flags & 0x12 != 0x02:
+                    return  # a late ACK or retransmission of a connection already written
+                self._forget(flow)
+                flow, forward = self._new_flow(
+                    table, key, proto, src, sport, dst, dport, ts, flags, vlan
+                )
+        if ts < flow.last:
+            self._late(flow, ts)
         flow.last = ts
-        forward = flow.orig == src and flow.orig_port == sport
         if forward:
             flow.o_pkts += 1
             flow.o_bytes += ip_len
@@ -246,9 +481,9 @@ class Monitor:
             if payload and (flow.o_scan if forward else flow.r_scan):
                 self._tcp_payload(flow, payload, forward)
         elif proto == parser.PROTO_UDP and payload:
-            if sport in _DNS_PORTS or dport in _DNS_PORTS:
+            if flow.kind == _DNS:
                 self._dns(ts, src, sport, dst, dport, payload)
-            elif sport in _DHCP_PORTS and dport in _DHCP_PORTS:
+            elif flow.kind == _DHCP:
                 self._dhcp(ts, payload)
             elif flow.o_scan if forward else flow.r_scan:
                 self._udp_payload(flow, payload, forward)
@@ -256,20 +491,52 @@ class Monitor:
     # --- per-flow work ------------------------------------------------------------------
 
     def _new_flow(
-        self, key: tuple[bytes, int, bytes, int, int], ts: float, flags: int, vlan: int
-    ) -> Flow:
-        src, sport, dst, dport, proto = key
+        self,
+        table: dict[bytes, tuple[Flow, bool]],
+        key: bytes,
+        proto: int,
+        src: bytes,
+        sport: int,
+        dst: bytes,
+        dport: int,
+        ts: float,
+        flags: int,
+        vlan: int,
+    ) -> tuple[Flow, bool]:
         # A SYN-ACK seen first means we missed the SYN: the sender is the responder.
         if proto == parser.PROTO_TCP and flags & 0x12 == 0x12:
             flow = Flow(proto, dst, dport, src, sport, ts, vlan)
+            forward = False
         else:
             flow = Flow(proto, src, sport, dst, dport, ts, vlan)
-        peer_label = self.p2p_peers.get(frozenset((src, dst)))
+            forward = True
+        if proto == parser.PROTO_UDP:
+            if sport in _DNS_PORTS or dport in _DNS_PORTS:
+                flow.kind = _DNS
+            elif sport in _DHCP_PORTS and dport in _DHCP_PORTS:
+                flow.kind = _DHCP
+        peer_label = self.p2p_peers.get(_pair(src, dst)) if self.p2p_peers else None
         if peer_label is not None:
             flow.p2p = "peer:" + peer_label
-        self.flows[key] = flow
+        flow.seq = self._flow_seq
+        self._flow_seq += 1
+        flow.table = table
+        flow.key = key
+        rkey = flow.rkey = parser.flow_key(dst, src, dport, sport)
+        if rkey == key:  # a packet to itself: every packet counts as the originator's
+            table[key] = (flow, True)
+            forward = True
+        else:
+            table[key] = (flow, forward)
+            table[rkey] = (flow, not forward)
+        self._flows_due.add(flow, ts + flow.timeout)
         self.counters.flows += 1
-        return flow
+        return flow, forward
+
+    def _late(self, flow: Flow, ts: float) -> None:
+        """A packet older than the flow's last one (captures are not always in time order):
+        the flow may now go idle sooner, so file it under the earlier time too."""
+        self._flows_due.add(flow, ts + (5.0 if flow.done else flow.timeout))
 
     def _tcp_end(self, flow: Flow, flags: int, forward: bool) -> None:
         if flags & 0x04:
@@ -280,6 +547,7 @@ class Monitor:
                 return
             flow.end_reason = "fin"
         self._close(flow)
+        self._flows_due.add(flow, flow.last + 5.0)  # kept 5 s for the last ACKs
 
     def _tcp_payload(self, flow: Flow, payload: bytes, forward: bool) -> None:
         if forward:
@@ -322,7 +590,7 @@ class Monitor:
         if info_hash:
             flow.info_hash = info_hash
         flow.o_scan = flow.r_scan = 0
-        self.p2p_peers[frozenset((flow.orig, flow.resp))] = label
+        self.p2p_peers[_pair(flow.orig, flow.resp)] = label
 
     # --- DNS, DHCP, ARP -----------------------------------------------------------------
 
@@ -375,7 +643,7 @@ class Monitor:
             "dns",
             {
                 "site_code": self.site_code,
-                "queried_at": _utc(ts),
+                "queried_at": ts,
                 "client_ip": client_text,
                 "client_port": client_port,
                 "server_ip": _ip_text(server),
@@ -417,7 +685,7 @@ class Monitor:
             "bindings",
             {
                 "site_code": self.site_code,
-                "seen_at": _utc(ts),
+                "seen_at": ts,
                 "source": "dhcp",
                 "msg_type": msg.msg_type,
                 "ip": msg.assigned_addr or msg.client_addr,
@@ -440,7 +708,7 @@ class Monitor:
                 "bindings",
                 {
                     "site_code": self.site_code,
-                    "seen_at": _utc(ts),
+                    "seen_at": ts,
                     "source": "arp",
                     "msg_type": "reply" if opcode == 2 else "request",
                     "ip": ip,
@@ -459,8 +727,10 @@ class Monitor:
         self._emit_flow(flow)
 
     def _forget(self, flow: Flow) -> None:
-        self.flows.pop((flow.orig, flow.orig_port, flow.resp, flow.resp_port, flow.proto), None)
-        self.flows.pop((flow.resp, flow.resp_port, flow.orig, flow.orig_port, flow.proto), None)
+        if flow.table is not None:
+            flow.table.pop(flow.key, None)
+            flow.table.pop(flow.rkey, None)
+            flow.table = None
 
     def _emit_flow(self, flow: Flow) -> None:
         orig = _ip_text(flow.orig)
@@ -482,10 +752,10 @@ class Monitor:
             "flows",
             {
                 "site_code": self.site_code,
-                "started_at": _utc(flow.first),
-                "ended_at": _utc(flow.last),
+                "started_at": flow.first,
+                "ended_at": flow.last,
                 "duration": round(flow.last - flow.first, 6),
-                "proto": {6: "tcp", 17: "udp"}.get(flow.proto, str(flow.proto)),
+                "proto": _PROTO_NAMES.get(flow.proto) or str(flow.proto),
                 "orig_ip": orig,
                 "orig_port": flow.orig_port,
                 "resp_ip": resp,
@@ -532,7 +802,11 @@ class Monitor:
             visit = None
         if visit is None:
             visit = Visit(flow.first, flow.last, client, who)
+            visit.key = key
+            visit.seq = self._visit_seq
+            self._visit_seq += 1
             self.visits[key] = visit
+            self._visits_due.add(visit, visit.end + self.visit_idle_gap)
             match = self.categories.match(site)
             if match is not None:
                 visit.category = match[0]
@@ -552,13 +826,14 @@ class Monitor:
 
     def _emit_visit(self, key: tuple[str, str], visit: Visit) -> None:
         self.visits.pop(key, None)
+        visit.open = False
         self.counters.visits += 1
         self.sink(
             "visits",
             {
                 "site_code": self.site_code,
-                "started_at": _utc(visit.start),
-                "ended_at": _utc(visit.end),
+                "started_at": visit.start,
+                "ended_at": visit.end,
                 "duration": round(visit.end - visit.start, 6),
                 "server_name": key[1],
                 "client_ip": visit.client,
@@ -600,7 +875,7 @@ class Monitor:
             "alerts",
             {
                 "site_code": self.site_code,
-                "raised_at": _utc(ts),
+                "raised_at": ts,
                 "kind": kind,
                 "category": category,
                 "severity": severity,
@@ -615,32 +890,49 @@ class Monitor:
     # --- housekeeping -------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        """Expire idle flows, unanswered DNS queries, stale fragments and finished visits."""
+        """Expire idle flows, unanswered DNS queries, stale fragments and finished visits.
+        Written out in the order they were created, as a scan of every flow would."""
         self._next_tick = now + 1.0
-        stale = [
-            flow
-            for flow in self.flows.values()
-            if now - flow.last
-            > (5.0 if flow.done else _TCP_IDLE if flow.proto == parser.PROTO_TCP else _UDP_IDLE)
-        ]
-        for flow in stale:
-            if not flow.done:
-                if flow.end_reason == "open":
-                    flow.end_reason = "idle"
-                self._close(flow)
-            self._forget(flow)
-        for key, (ts, msg) in list(self.pending_dns.items()):
-            if now - ts > 10.0:
-                del self.pending_dns[key]
-                self._emit_dns(ts, key[0], key[1], key[2], key[3], msg, rtt=None)
-        self.frags.expire(now)
-        for site_key, visit in list(self.visits.items()):
-            if now - visit.end > self.visit_idle_gap:
-                self._emit_visit(site_key, visit)
+        due = self._flows_due.pop_due(now)
+        if due:
+            candidates = {flow.seq: flow for flow in due if flow.table is not None}
+            stale = []
+            for seq in sorted(candidates):
+                flow = candidates[seq]
+                limit = 5.0 if flow.done else flow.timeout
+                if now - flow.last > limit:
+                    stale.append(flow)
+                else:
+                    self._flows_due.add(flow, flow.last + limit)
+            for flow in stale:
+                if not flow.done:
+                    if flow.end_reason == "open":
+                        flow.end_reason = "idle"
+                    self._close(flow)
+                self._forget(flow)
+        if self.pending_dns:
+            for key, (ts, msg) in list(self.pending_dns.items()):
+                if now - ts > 10.0:
+                    del self.pending_dns[key]
+                    self._emit_dns(ts, key[0], key[1], key[2], key[3], msg, rtt=None)
+        if self.frags.pending:
+            self.frags.expire(now)
+        visits = self._visits_due.pop_due(now)
+        if visits:
+            gap = self.visit_idle_gap
+            waiting = {visit.seq: visit for visit in visits if visit.open}
+            for seq in sorted(waiting):
+                visit = waiting[seq]
+                if now - visit.end > gap:
+                    self._emit_visit(visit.key, visit)
+                else:
+                    self._visits_due.add(visit, visit.end + gap)
 
     def finish(self) -> None:
         """End of capture: every open flow, query and visit is written as it stands."""
-        for flow in list(dict.fromkeys(self.flows.values())):
+        live = {flow.seq: flow for table in self.tables.values() for flow, _ in table.values()}
+        for seq in sorted(live):
+            flow = live[seq]
             if not flow.done:
                 self._close(flow)
             self._forget(flow)

@@ -49,7 +49,7 @@ class DnsMessage:
 
 def _name(data: bytes, pos: int) -> tuple[str, int]:
     """A DNS name with compression; returns (name, position after it in the original run)."""
-    labels: list[str] = []
+    labels: list[bytes] = []
     jumps = 0
     after = -1
     n = len(data)
@@ -72,19 +72,38 @@ def _name(data: bytes, pos: int) -> tuple[str, int]:
             continue
         if length & 0xC0:
             raise ValueError("DNS label type not supported")
-        labels.append(data[pos + 1 : pos + 1 + length].decode("ascii", "replace"))
+        labels.append(data[pos + 1 : pos + 1 + length])
         pos += 1 + length
-    return ".".join(labels), (after if after >= 0 else pos)
+    # One decode for the whole name: "ascii"/"replace" works byte by byte, so this is the
+    # same as decoding label by label.
+    return b".".join(labels).decode("ascii", "replace"), (after if after >= 0 else pos)
+
+
+_ADDRESS_TEXT: dict[bytes, str] = {}
+
+
+def address_text(raw: bytes) -> str:
+    """4 or 16 address bytes as text, cached (DNS answers and flows name the same few
+    thousand addresses over and over)."""
+    text = _ADDRESS_TEXT.get(raw)
+    if text is None:
+        if len(_ADDRESS_TEXT) > 65536:
+            _ADDRESS_TEXT.clear()
+        text = _ADDRESS_TEXT[raw] = str(ipaddress.ip_address(raw))
+    return text
+
+
+_NIBBLES: Final = "ABCDEFGHIJKLMNOP"
+_AS_HEX: Final = str.maketrans(_NIBBLES, "0123456789abcdef")
 
 
 def _netbios(name: str) -> str:
     """NetBIOS first-level decoding (RFC 1001 14.1): 32 letters A-P to a 16-byte name."""
     first, _, _rest = name.partition(".")
-    if len(first) != 32 or any(not "A" <= c <= "P" for c in first):
+    if len(first) != 32 or first.strip(_NIBBLES):
         return name
-    raw = bytes(
-        ((ord(a) - 65) << 4) | (ord(b) - 65) for a, b in zip(first[::2], first[1::2], strict=True)
-    )
+    # Each letter is a nibble (A=0 .. P=15): as hex digits, bytes.fromhex does the pairing.
+    raw = bytes.fromhex(first.translate(_AS_HEX))
     return raw[:15].decode("ascii", "replace").rstrip()
 
 
@@ -98,11 +117,7 @@ def parse_dns(data: bytes, *, netbios: bool = False) -> DnsMessage:
     qdcount = (data[4] << 8) | data[5]
     ancount = (data[6] << 8) | data[7]
     msg = DnsMessage(
-        trans_id=(data[0] << 8) | data[1],
-        is_response=bool(flags & 0x8000),
-        query=None,
-        qtype=None,
-        rcode=flags & 0x0F,
+        (data[0] << 8) | data[1], bool(flags & 0x8000), None, None, flags & 0x0F, [], [], []
     )
     pos = 12
     for index in range(qdcount):
@@ -127,11 +142,8 @@ def parse_dns(data: bytes, *, netbios: bool = False) -> DnsMessage:
         if pos > len(data):
             raise ValueError("DNS rdata truncated")
         rdata = data[rdata_at:pos]
-        if rtype == 1 and rdlen == 4:
-            text = str(ipaddress.IPv4Address(rdata))
-            msg.addresses.append(text)
-        elif rtype == 28 and rdlen == 16:
-            text = str(ipaddress.IPv6Address(rdata))
+        if (rtype == 1 and rdlen == 4) or (rtype == 28 and rdlen == 16):
+            text = address_text(rdata)
             msg.addresses.append(text)
         elif rtype in (2, 5, 12):
             text = _name(data, rdata_at)[0]

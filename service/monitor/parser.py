@@ -7,6 +7,7 @@ and `int.from_bytes`; no scapy, no dataclasses, no logging.
 
 from __future__ import annotations
 
+import struct
 from typing import Final
 
 # Link types (pcap LINKTYPE_*) we understand.
@@ -43,6 +44,24 @@ _FRAG_TIMEOUT: Final = 30.0
 # src_ip/dst_ip are the raw 4- or 16-byte addresses; src_mac the raw 6 bytes (b"" if no L2).
 # For ARP: (ARP, sender_ip, target_ip, opcode, 0, b"", 0, 0, sender_mac, vlan).
 Packet = tuple[int, bytes, bytes, int, int, bytes, int, int, bytes, int]
+
+
+# The fast path's view of an untagged Ethernet frame carrying IPv4 without options, read with one
+# unpack_from at the frame's start: ethertype, version/IHL, total length, flags/fragment offset,
+# protocol, the two ports, and for TCP the data offset and flags (offsets 46 and 47; for UDP
+# those two bytes are payload and unused). Source, destination and ports are the 12 bytes at
+# offsets 26..38, which is also the flow key (`flow_key`). The engine uses it only for frames of
+# at least ETH_IPV4_MIN bytes and falls back to `parse` for anything else, so both agree.
+ETH_IPV4: Final = struct.Struct(">12xHBxH2xHxB2x8xHH8xBB")
+ETH_IPV4_MIN: Final = ETH_IPV4.size  # 48
+ETH_IPV4_KEY: Final = 26  # offset of source address, destination address, ports
+_PORTS: Final = struct.Struct(">HH").pack
+
+
+def flow_key(src: bytes, dst: bytes, sport: int, dport: int) -> bytes:
+    """Source and destination address and port in wire order: the flow table's key (for IPv4
+    without options it is a plain slice of the packet, see ETH_IPV4_KEY)."""
+    return src + dst + _PORTS(sport, dport)
 
 
 class Truncated(Exception):
