@@ -32,7 +32,6 @@ class Attributor:
         self.devices = devices or {}
         # ip -> sorted list of (start, end or inf, priority, mac, source)
         self.bindings: dict[str, list[tuple[float, float, int, str, str]]] = {}
-        self._cache: dict[tuple[str, float], Who] = {}
 
     def learn(
         self, ip: str, mac: str, start: float, source: str, until: float | None = None
@@ -40,17 +39,19 @@ class Attributor:
         """Record that `ip` was `mac` from `start`; returns False if nothing changed."""
         entries = self.bindings.setdefault(ip, [])
         current = self._lookup(entries, start)
-        if current is not None and current[3] == mac and current[4] == source:
+        priority = _PRIORITY[source]
+        if current is not None and current[3] == mac and current[2] >= priority:
+            # Already known, from as good a source (an ARP inside a DHCP lease, say): keeping
+            # it would grow the list by one entry per ARP for the whole lease.
             return False
         entry = (
             start,
             until if until is not None else float("inf"),
-            _PRIORITY[source],
+            priority,
             mac,
             source,
         )
         bisect.insort(entries, entry)
-        self._cache.clear()
         return True
 
     @staticmethod

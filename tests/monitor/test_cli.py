@@ -135,6 +135,22 @@ def test_ip_reuse_is_attributed_by_time() -> None:
     assert attributor.who("10.0.0.5", 500.0)[:2] == ("cc:cc:cc:cc:cc:cc", "arp")
 
 
+def test_arp_inside_a_lease_adds_no_bindings() -> None:
+    """A host ARPs every minute or so: a day of that must not grow the table per ARP."""
+    attributor = Attributor()
+    assert attributor.learn("10.0.0.7", "bb:bb:bb:bb:bb:bb", 0.0, "dhcp", until=86400.0)
+    added = [
+        attributor.learn("10.0.0.7", "bb:bb:bb:bb:bb:bb", float(t), "arp")
+        for t in range(60, 86400, 60)
+    ]
+    assert not any(added)
+    assert len(attributor.bindings["10.0.0.7"]) == 1
+    # after the lease ends, ARP is the evidence again, once
+    assert attributor.learn("10.0.0.7", "bb:bb:bb:bb:bb:bb", 90000.0, "arp")
+    assert not attributor.learn("10.0.0.7", "bb:bb:bb:bb:bb:bb", 90060.0, "arp")
+    assert attributor.who("10.0.0.7", 90030.0)[:2] == ("bb:bb:bb:bb:bb:bb", "arp")
+
+
 def test_purge_removes_traffic_past_retention(
     westgate, session_factory, run_cli, tmp_path, db_url
 ) -> None:
