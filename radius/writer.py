@@ -89,8 +89,9 @@ def insert_decisions(session: Session, rows: Sequence[DecisionRow]) -> None:
     sql = f"INSERT INTO {table} ({columns}) VALUES ({values})"  # noqa: S608 - fixed names
     utc_time = datetime.fromtimestamp
     if dialect.name == "sqlite":
+        # "%Y-%m-%d %H:%M:%S.%f", as isoformat spells it (twice as fast as strftime).
         params: list[tuple[Any, ...]] = [
-            (utc_time(r[0], UTC).strftime("%Y-%m-%d %H:%M:%S.%f"), *r[1:]) for r in rows
+            (utc_time(r[0], UTC).isoformat(" ", "microseconds")[:26], *r[1:]) for r in rows
         ]
     else:
         params = [(utc_time(r[0], UTC), *r[1:]) for r in rows]

@@ -102,7 +102,12 @@ def start_radius(settings: Settings, where: ServeAddresses) -> subprocess.Popen[
         "--workers",
         str(where.workers),
     ]
-    child = subprocess.Popen(command, env={**os.environ, **settings_env(settings)})
+    # preexec_fn only calls prctl; the portal and its threads start after this.
+    child = subprocess.Popen(
+        command,
+        env={**os.environ, **settings_env(settings)},
+        preexec_fn=_die_with_parent,  # noqa: PLW1509
+    )
     deadline = time.monotonic() + READY_SECONDS
     while time.monotonic() < deadline:
         if child.poll() is not None:
@@ -112,6 +117,15 @@ def start_radius(settings: Settings, where: ServeAddresses) -> subprocess.Popen[
         time.sleep(0.1)
     stop_child(child)
     return fail(f"the RADIUS server did not start within {READY_SECONDS:.0f} s")
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it if we die, even by SIGKILL (Linux prctl)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def stop_child(child: subprocess.Popen[bytes]) -> None:

@@ -79,8 +79,12 @@ def demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, int, Path
         yield process, auth, portal, log_path
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait()
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()  # the RADIUS child gets SIGTERM from the kernel (PDEATHSIG)
+                process.wait()
 
 
 @pytest.mark.freeradius
