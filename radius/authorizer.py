@@ -32,7 +32,6 @@ import logging
 import math
 import re
 import time
-from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,7 +48,7 @@ from service.enums import Access, DeviceClass, DeviceStatus, Role
 from service.facts import Credential
 from service.mac import try_normalize_mac
 from service.policy import AccessRequest, Decision, DeviceFacts, decide
-from service.policy.engine import PERSONAL, _boundaries
+from service.policy.engine import PERSONAL, change_horizon
 from service.policy.model import SitePolicy
 
 log = logging.getLogger("schoolgate.radius")
@@ -73,8 +72,6 @@ _MISSING: Any = object()
 
 ACCESS_NONE = Access.NONE
 STAFF_ROLE = Role.STAFF
-VISITOR_CLASS = DeviceClass.VISITOR_OWNED
-STAFF_CLASS = DeviceClass.STAFF_OWNED
 
 # Attribute numbers and values, as constants the hot path reads without a module lookup.
 _CALL_CHECK = codec.SERVICE_TYPE_CALL_CHECK.to_bytes(4, "big")
@@ -124,26 +121,13 @@ def decision_horizon(
     policy: SitePolicy, device: DeviceFacts | None, location: str | None, ts: float
 ) -> float:
     """The first instant after `ts` at which `decide()` could answer differently for this
-    device (without grants) at this place: the engine's next rule boundary for the device's
-    class and place (the instants its Session-Timeout stops at), or the expiry of the
-    signature its gate reads. `math.inf` when nothing in the policy moves the answer."""
+    device at this place (the engine's own horizon, which its Session-Timeout stops at);
+    `math.inf` for answers nothing in the policy moves (unknown, blocked, owner left)."""
     if device is None or device.status.is_blocked:
         return _INF
-    device_class = device.device_class
-    if device_class in PERSONAL and not device.owner_active:
+    if device.device_class in PERSONAL and not device.owner_active:
         return _INF
-    boundaries = _boundaries(policy, device_class, location, ts)
-    index = bisect_right(boundaries, ts)
-    horizon = boundaries[index] if index < len(boundaries) else _INF
-    if device_class is VISITOR_CLASS:
-        expiry = device.aua_valid_until
-    elif device_class is STAFF_CLASS and policy.staff_needs_byod_statement:
-        expiry = device.byod_valid_until
-    else:
-        expiry = None
-    if expiry is not None and ts < expiry < horizon:
-        horizon = expiry
-    return horizon
+    return change_horizon(policy, device, location, ts)
 
 
 class _Seen:

@@ -146,7 +146,7 @@ def decide(
                 reason + ".",
                 "gate.visitor-aua",
                 device.grants,
-                _session_timeout(policy, device, device_class, location, ts),
+                _session_timeout(policy, device, location, ts),
             )
     elif device_class is STAFF:
         if policy.staff_needs_approval and status is DeviceStatus.PENDING:
@@ -158,7 +158,7 @@ def decide(
                 "waiting for IT to approve it.",
                 "gate.staff-approval",
                 device.grants,
-                _session_timeout(policy, device, device_class, location, ts),
+                _session_timeout(policy, device, location, ts),
             )
         until = device.byod_valid_until
         if policy.staff_needs_byod_statement and (until is None or until <= ts):
@@ -170,7 +170,7 @@ def decide(
                 "signed at the portal.",
                 "gate.staff-byod",
                 device.grants,
-                _session_timeout(policy, device, device_class, location, ts),
+                _session_timeout(policy, device, location, ts),
             )
     elif status is DeviceStatus.PENDING:
         return _registration(
@@ -180,7 +180,7 @@ def decide(
             f"{label} is waiting for IT to approve it.",
             "gate.pending",
             device.grants,
-            _session_timeout(policy, device, device_class, location, ts),
+            _session_timeout(policy, device, location, ts),
         )
 
     reason = f"{label} gets {LEVEL_TEXT[base]} under {policy.school_name}'s policy"
@@ -197,7 +197,7 @@ def decide(
         if grant.valid_until != math.inf:
             reason += f" until {_local_text(policy, grant.valid_until)}"
         rule_name = "exception"
-    timeout = _session_timeout(policy, device, device_class, location, ts)
+    timeout = _session_timeout(policy, device, location, ts)
     return Decision(level, policy.vlans[level], reason + ".", rule_name, timeout, location)
 
 
@@ -285,19 +285,24 @@ def _clock(policy: SitePolicy, ts: float) -> tuple[int, int]:
 
 
 def _session_timeout(
-    policy: SitePolicy,
-    device: DeviceFacts,
-    device_class: DeviceClass,
-    location: str | None,
-    ts: float,
+    policy: SitePolicy, device: DeviceFacts, location: str | None, ts: float
 ) -> int:
-    """Seconds until the answer could change: the next rule boundary, grant start or end, or
-    signature expiry, capped by the policy's maximum."""
-    horizon = ts + policy.max_session_timeout
+    """Seconds until the answer could change, capped by the policy's maximum."""
+    horizon = min(ts + policy.max_session_timeout, change_horizon(policy, device, location, ts))
+    return max(1, math.floor(horizon - ts))
+
+
+def change_horizon(
+    policy: SitePolicy, device: DeviceFacts, location: str | None, ts: float
+) -> float:
+    """The first instant after `ts` at which the answer for this (active) device at this place
+    could change: the next rule boundary for its class and place, a grant starting or ending,
+    or the expiry of the signature its gate reads; `math.inf` when nothing moves it. The
+    RADIUS server caches answers until then."""
+    device_class = device.device_class
     boundaries = _boundaries(policy, device_class, location, ts)
     index = bisect_right(boundaries, ts)
-    if index < len(boundaries) and boundaries[index] < horizon:
-        horizon = boundaries[index]
+    horizon = boundaries[index] if index < len(boundaries) else math.inf
     for grant in device.grants:
         if ts < grant.valid_from < horizon:
             horizon = grant.valid_from
@@ -311,7 +316,7 @@ def _session_timeout(
         expiry = None
     if expiry is not None and ts < expiry < horizon:
         horizon = expiry
-    return max(1, math.floor(horizon - ts))
+    return horizon
 
 
 def _boundaries(
