@@ -371,8 +371,8 @@ def create_app(
                         "the agreement changed while you were reading it: please "
                         "read the current version and sign again"
                     )
-                # add_device and sign_agreement each wrap their change in enforcement.watch(),
-                # which queues the CoA: a watch here too would queue it twice.
+                # add_device and sign_agreement each queue the CoA their change causes
+                # (enforcement.watch), after the signature: one request for the session.
                 device = session.query(Device).filter(Device.mac == client.mac).one_or_none()
                 if device is None:
                     registry.add_device(
@@ -616,8 +616,8 @@ def create_app(
                     raise Invalid("please sign in again")
                 if errors:
                     raise Invalid("; ".join(errors))
-                # add_device and sign_agreement each wrap their change in enforcement.watch(),
-                # which queues the CoA: a watch here too would queue it twice.
+                # add_device and sign_agreement each queue the CoA their change causes
+                # (enforcement.watch), after the signature: one request for the session.
                 device = session.query(Device).filter(Device.mac == client.mac).one_or_none()
                 if device is None:
                     registry.add_device(
