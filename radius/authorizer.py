@@ -130,6 +130,10 @@ def decision_horizon(
     return change_horizon(policy, device, location, ts)
 
 
+# (time, MAC, user, location, access, VLAN, reason, rule, session timeout) of one answer.
+_Answered = tuple[float, str | None, str | None, str | None, str, int | None, str, str, int | None]
+
+
 class _Seen:
     """The duplicate cache: (address, identifier, authenticator) -> (expires, reply, or None
     while a PAP check is pending). Two generations, swapped once a window, so forgetting is
@@ -376,41 +380,17 @@ class Authorizer:
                     counters.accepted += 1
                 else:
                     counters.rejected += 1
-                if packet.proxy_states:
-                    body += b"".join(codec.attr(codec.PROXY_STATE, s) for s in packet.proxy_states)
-                try:
-                    reply = _encode_reply(
-                        reply_code,
-                        packet.identifier,
-                        packet.authenticator,
-                        body,
-                        nas.secret,
-                        nas.hmac_key,
-                    )
-                except PacketError as exc:
-                    self._drop(exc.reason, ("reply", 0), str(exc))
+                reply = self._answer(
+                    packet,
+                    nas,
+                    address,
+                    reply_code,
+                    body,
+                    (ts, mac, username, location, access, vlan, reason, rule, timeout),
+                    started,
+                )
+                if reply is None:
                     return None
-                counters.answered += 1
-                log_decision = self.log_decision
-                if log_decision is not None:
-                    info = nas.info
-                    log_decision(
-                        (
-                            ts,
-                            info.site_code,
-                            info.name,
-                            address[0],
-                            mac,
-                            username,
-                            location,
-                            access,
-                            vlan,
-                            reason,
-                            rule,
-                            timeout,
-                            (_perf() - started) // 1000,
-                        )
-                    )
                 auth_seen.current[key] = (_monotonic() + self.window, reply)
                 return reply
         else:
@@ -681,6 +661,40 @@ class Authorizer:
         decision: Decision,
         started: int,
     ) -> bytes | None:
+        return self._answer(
+            packet,
+            nas,
+            address,
+            code,
+            body,
+            (
+                ts,
+                mac,
+                username,
+                decision.location,
+                decision.access.value,
+                decision.vlan,
+                decision.reason,
+                decision.rule,
+                decision.session_timeout,
+            ),
+            started,
+        )
+
+    def _answer(
+        self,
+        packet: RawPacket,
+        nas: NasEntry,
+        address: tuple[str, int],
+        code: int,
+        body: bytes,
+        what: tuple[
+            float, str | None, str | None, str | None, str, int | None, str, str, int | None
+        ],
+        started: int,
+    ) -> bytes | None:
+        """Encode the reply (Proxy-State echoed), count it and log the decision: `what` is
+        (time, MAC, user, location, access, VLAN, reason, rule, session timeout)."""
         if packet.proxy_states:
             body += b"".join(codec.attr(codec.PROXY_STATE, s) for s in packet.proxy_states)
         try:
@@ -694,6 +708,7 @@ class Authorizer:
         log_decision = self.log_decision
         if log_decision is not None:
             info = nas.info
+            ts, mac, username, location, access, vlan, reason, rule, timeout = what
             log_decision(
                 (
                     ts,
@@ -702,12 +717,12 @@ class Authorizer:
                     address[0],
                     mac,
                     username,
-                    decision.location,
-                    decision.access.value,
-                    decision.vlan,
-                    decision.reason,
-                    decision.rule,
-                    decision.session_timeout,
+                    location,
+                    access,
+                    vlan,
+                    reason,
+                    rule,
+                    timeout,
                     (_perf() - started) // 1000,
                 )
             )
