@@ -135,6 +135,14 @@ def create_app(
             409,
         )
 
+    def seen_client(request: Request) -> Client | None:
+        """The device behind this request (its own transaction), or None: answer `unseen`."""
+        try:
+            with db() as session:
+                return who(session, request, RedirectInfo("none"))
+        except (Unidentified, Mismatch):
+            return None
+
     def who(session: Session, request: Request, info: RedirectInfo) -> Client:
         return identify(session, client_ip(request), info.mac)
 
@@ -452,10 +460,8 @@ def create_app(
     def _staff_signin_page(
         request: Request, errors: list[str], username: str, status: int = 200
     ) -> HTMLResponse:
-        try:
-            with db() as session:
-                client = who(session, request, RedirectInfo("none"))
-        except (Unidentified, Mismatch):
+        client = seen_client(request)
+        if client is None:
             return unseen(request)
         return render(
             request,
@@ -508,10 +514,8 @@ def create_app(
         """Start the OIDC sign-in: 302 to the provider, the device's MAC inside `state`."""
         if oidc is None:
             return _oidc_unavailable(request)
-        try:
-            with db() as session:
-                client = who(session, request, RedirectInfo("none"))
-        except (Unidentified, Mismatch):
+        client = seen_client(request)
+        if client is None:
             return unseen(request)
         try:
             url = oidc.start(client.mac)
@@ -534,10 +538,8 @@ def create_app(
         if oidc is None:
             return _oidc_unavailable(request)
         params = {k: v[:4096] for k, v in request.query_params.items()}
-        try:
-            with db() as session:
-                client = who(session, request, RedirectInfo("none"))
-        except (Unidentified, Mismatch):
+        client = seen_client(request)
+        if client is None:
             return unseen(request)
         try:
             claims = oidc.finish(params, client.mac)  # no DB transaction held over the network

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from radius.accounting import AcctRecord, apply_records
 from radius.counters import Counters
 from service.models import DecisionRecord
+from service.models.base import sqlite_time
 
 log = logging.getLogger("schoolgate.radius.writer")
 
@@ -87,13 +88,10 @@ def insert_decisions(session: Session, rows: Sequence[DecisionRow]) -> None:
     values = ", ".join([placeholder] * len(DECISION_COLUMNS))
     table = DecisionRecord.__tablename__
     sql = f"INSERT INTO {table} ({columns}) VALUES ({values})"  # noqa: S608 - fixed names
-    utc_time = datetime.fromtimestamp
     if dialect.name == "sqlite":
-        # "%Y-%m-%d %H:%M:%S.%f", as isoformat spells it (twice as fast as strftime).
-        params: list[tuple[Any, ...]] = [
-            (utc_time(r[0], UTC).isoformat(" ", "microseconds")[:26], *r[1:]) for r in rows
-        ]
+        params: list[tuple[Any, ...]] = [(sqlite_time(r[0]), *r[1:]) for r in rows]
     else:
+        utc_time = datetime.fromtimestamp
         params = [(utc_time(r[0], UTC), *r[1:]) for r in rows]
     connection.exec_driver_sql(sql, params)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -17,6 +18,33 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+# Epoch second -> "YYYY-MM-DD HH:MM:SS" (bulk writers see the same seconds many times).
+_SECONDS: dict[int, str] = {}
+
+
+def sqlite_time(ts: float | None) -> str | None:
+    """Epoch seconds as SQLAlchemy stores a UTC time on SQLite (UTCDateTime, then SQLite's
+    DATETIME: "YYYY-MM-DD HH:MM:SS.ffffff"), rounded to the microsecond as
+    `datetime.fromtimestamp` rounds (half to even), the date and time of day cached per second."""
+    if ts is None:
+        return None
+    sec = int(ts)
+    micro = round((ts - sec) * 1e6)
+    if micro >= 1_000_000:
+        sec += 1
+        micro -= 1_000_000
+    prefix = _SECONDS.get(sec)
+    if prefix is None:
+        if len(_SECONDS) > 100_000:
+            _SECONDS.clear()
+        t = time.gmtime(sec)
+        prefix = _SECONDS[sec] = (
+            f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+        )
+    return f"{prefix}.{micro:06d}"
 
 
 class UTCDateTime(TypeDecorator[datetime]):

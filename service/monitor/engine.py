@@ -76,7 +76,8 @@ def with_datetimes(kind: str, row: dict[str, Any]) -> dict[str, Any]:
     datetime is built per record on the hot path) as timezone-aware UTC datetimes."""
     out = dict(row)
     for column in TIME_COLUMNS[kind]:
-        out[column] = datetime.fromtimestamp(row[column], UTC)
+        value = row[column]
+        out[column] = None if value is None else datetime.fromtimestamp(value, UTC)
     return out
 
 

@@ -13,7 +13,6 @@ import operator
 import queue
 import signal
 import sqlite3
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 from sqlalchemy import Engine, insert, text
 from sqlalchemy.exc import DBAPIError
 
-from service.models.base import UTCDateTime
+from service.models.base import UTCDateTime, sqlite_time
 from service.models.traffic import (
     PARTITION_COLUMNS,
     TrafficAlert,
@@ -30,6 +29,7 @@ from service.models.traffic import (
     TrafficFlow,
     TrafficVisit,
 )
+from service.monitor.engine import with_datetimes
 
 TABLES: dict[str, Any] = {
     "flows": TrafficFlow.__table__,
@@ -41,11 +41,6 @@ TABLES: dict[str, Any] = {
 # Each table's columns in INSERT order (all but the id), and those holding times: epoch seconds
 # in the engine's rows, UTC timestamps in the database.
 COLUMNS = {kind: [c for c in table.columns if c.name != "id"] for kind, table in TABLES.items()}
-_TIME_COLUMNS = {
-    kind: [c.name for c in columns if isinstance(c.type, UTCDateTime)]
-    for kind, columns in COLUMNS.items()
-}
-
 Batch = dict[str, list[dict[str, Any]]]  # kind -> rows
 
 
@@ -174,7 +169,10 @@ class _Inserter:
                     for kind, rows in batch.items():
                         self._plans[kind].write(conn, rows)
                 else:
-                    dicts = {kind: _with_datetimes(kind, rows) for kind, rows in batch.items()}
+                    dicts = {
+                        kind: [with_datetimes(kind, r) for r in rows]
+                        for kind, rows in batch.items()
+                    }
                     if conn.dialect.name == "postgresql":
                         self._ensure_partitions(conn, dicts)
                     for kind, records in dicts.items():
@@ -214,45 +212,6 @@ def _copy(conn: Any, kind: str, rows: list[dict[str, Any]]) -> None:
             for name in json:
                 row[name] = Jsonb(row[name])
             copy.write_row([row[name] for name in names])
-
-
-def _utc(ts: float | None) -> datetime | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC)
-
-
-def _with_datetimes(kind: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows (this process's copies) with their times as aware UTC datetimes."""
-    times = _TIME_COLUMNS[kind]
-    for row in rows:
-        for column in times:
-            row[column] = _utc(row[column])
-    return rows
-
-
-_SECONDS: dict[int, str] = {}
-
-
-def sqlite_time(ts: float | None) -> str | None:
-    """Epoch seconds as SQLAlchemy stores a UTC time on SQLite (UTCDateTime, then SQLite's
-    DATETIME: "YYYY-MM-DD HH:MM:SS.ffffff"), rounded to the microsecond as
-    `datetime.fromtimestamp` rounds (half to even), the date and time of day cached per second."""
-    if ts is None:
-        return None
-    sec = int(ts)
-    micro = round((ts - sec) * 1e6)
-    if micro >= 1_000_000:
-        sec += 1
-        micro -= 1_000_000
-    prefix = _SECONDS.get(sec)
-    if prefix is None:
-        if len(_SECONDS) > 100_000:
-            _SECONDS.clear()
-        t = time.gmtime(sec)
-        prefix = _SECONDS[sec] = (
-            f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d} "
-            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
-        )
-    return f"{prefix}.{micro:06d}"
 
 
 class _SqlitePlan:
