@@ -40,18 +40,19 @@ class Attributor:
         entries = self.bindings.setdefault(ip, [])
         current = self._lookup(entries, start)
         priority = _PRIORITY[source]
+        end = until if until is not None else float("inf")
         if current is not None and current[3] == mac and current[2] >= priority:
+            if current[2] == priority and end > current[1]:
+                # A renewal (the DHCP ACK a client gets halfway through its lease, or a RADIUS
+                # interim): the same binding, now valid for longer. Kept as a new entry, the
+                # old end would leave the address unattributed until the next renewal.
+                entries.remove(current)
+                bisect.insort(entries, (current[0], end, priority, mac, current[4]))
+                return True
             # Already known, from as good a source (an ARP inside a DHCP lease, say): keeping
             # it would grow the list by one entry per ARP for the whole lease.
             return False
-        entry = (
-            start,
-            until if until is not None else float("inf"),
-            priority,
-            mac,
-            source,
-        )
-        bisect.insort(entries, entry)
+        bisect.insort(entries, (start, end, priority, mac, source))
         return True
 
     @staticmethod

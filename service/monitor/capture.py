@@ -6,7 +6,10 @@ adapter lives here by design)."""
 
 from __future__ import annotations
 
+import io
 import logging
+import mmap
+import os
 import socket
 import struct
 import time
@@ -20,6 +23,7 @@ from scapy.error import Scapy_Exception
 from scapy.utils import RawPcapNgReader, RawPcapReader
 
 from service.errors import Invalid
+from service.monitor.parser import FrameBuffer
 
 SOL_PACKET = 263
 PACKET_STATISTICS = 6
@@ -39,10 +43,11 @@ class CaptureStats:
 
 
 # A frame handler: (timestamp, buffer, start, end) with the frame at buffer[start:end].
-FrameHandler = Callable[[float, bytes, int, int], None]
+FrameHandler = Callable[[float, FrameBuffer, int, int], None]
 
 _CHUNK = 1 << 22  # bytes per read from the capture file
 _MAX_DATA = 0xFFFF * 4  # what scapy's reader keeps of one record (the rest is skipped)
+_MAPPED_BLOCK = 8192  # records between yields when the file is mapped
 
 
 def _open(path: str | Path) -> RawPcapReader:
@@ -62,7 +67,7 @@ def read_file(path: str | Path, stats: CaptureStats) -> Iterator[tuple[float, by
     batch: list[tuple[float, bytes, int]] = []
 
     def handler(linktype: int) -> FrameHandler:
-        def keep(ts: float, buf: bytes, start: int, end: int) -> None:
+        def keep(ts: float, buf: FrameBuffer, start: int, end: int) -> None:
             batch.append((ts, buf[start:end], linktype))
 
         return keep
@@ -97,6 +102,11 @@ def _pcap(reader: RawPcapReader, stats: CaptureStats, emit: FrameHandler) -> Ite
     file = reader.f
     header = struct.Struct(reader.endian + "IIII").unpack_from
     divisor = 1e9 if reader.nano else 1e6
+    mapped = _mapped(file)
+    if mapped is not None:
+        with mapped:
+            yield from _pcap_mapped(mapped, file.tell(), header, divisor, stats, emit)
+        return
     max_data = _MAX_DATA
     buf = b""
     pos = 0
@@ -139,6 +149,60 @@ def _pcap(reader: RawPcapReader, stats: CaptureStats, emit: FrameHandler) -> Ite
             stats.truncated_records += 1
         emit(sec + frac / divisor, data, 0, len(data))
         yield
+
+
+def _mapped(file: object) -> mmap.mmap | None:
+    """A plain (not compressed) capture file mapped read-only: its records are then sliced
+    straight from the page cache, with no block reads and no copying of block tails (a tenth
+    of the reader's time in bench/monitor_pcap.py). None when the file cannot be mapped."""
+    if not isinstance(file, io.BufferedReader):
+        return None
+    try:
+        if os.fstat(file.fileno()).st_size == 0:
+            return None
+        return mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return None
+
+
+def _pcap_mapped(
+    buf: mmap.mmap,
+    pos: int,
+    header: Callable[[mmap.mmap, int], tuple[int, int, int, int]],
+    divisor: float,
+    stats: CaptureStats,
+    emit: FrameHandler,
+) -> Iterator[None]:
+    """`_pcap` over a mapped file: the same records, caps and truncation counts."""
+    max_data = _MAX_DATA
+    end = len(buf)
+    count = 0
+    while pos + 16 <= end:
+        sec, frac, caplen, _wirelen = header(buf, pos)
+        start = pos + 16
+        stop = start + caplen
+        if stop > end:
+            break  # the file ends inside this record
+        if caplen > max_data:
+            stats.truncated_records += 1
+            emit(sec + frac / divisor, buf, start, start + max_data)
+        else:
+            emit(sec + frac / divisor, buf, start, stop)
+        pos = stop
+        count += 1
+        if count == _MAPPED_BLOCK:
+            stats.records += count
+            count = 0
+            yield
+    stats.records += count
+    if end - pos >= 16:
+        sec, frac, caplen, _wirelen = header(buf, pos)
+        data = buf[pos + 16 : pos + 16 + min(caplen, max_data)]
+        stats.records += 1
+        if len(data) < caplen:
+            stats.truncated_records += 1
+        emit(sec + frac / divisor, data, 0, len(data))
+    yield
 
 
 class _Readable(Protocol):

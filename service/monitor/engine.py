@@ -1,35 +1,22 @@
-"""The monitor's state: flow table, DNS transactions, IP->MAC bindings, visits and alerts.
+"""The monitor's first half: flow table, DNS transactions, fragments and P2P peers.
 
 `Monitor.packet(ts, frame)` is the per-packet hot path (guarded by `bench/monitor_pcap.py`): it
 parses a few header fields from raw bytes, updates one flow, and only looks at payload bytes for
-the first packets of a flow or on the few ports that carry DNS/DHCP. Finished records are handed
-to a `sink` (the batch writer) as plain dicts, times as float epoch seconds (TIME_COLUMNS); the
-engine itself never touches the database.
+the first packets of a flow or on the few ports that carry DNS/DHCP. What it finds (finished
+flows, DNS transactions, DHCP and ARP) goes to the second half, the recorder (recorder.py), which
+names and attributes it, builds visits and alerts and hands rows (records.FIELDS, times as float
+epoch seconds) to a sink. The engine itself never touches the database.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
 
 from service.monitor import extract, parser
 from service.monitor.attribution import Attributor
 from service.monitor.categories import CategoryList
-
-Sink = Callable[[str, dict[str, Any]], None]
-
-# The time columns of each kind of row. The engine gives them as float epoch seconds (UTC); the
-# batch writer turns them into the database's UTC timestamps, `with_datetimes` into datetimes.
-TIME_COLUMNS: dict[str, tuple[str, ...]] = {
-    "flows": ("started_at", "ended_at"),
-    "dns": ("queried_at",),
-    "visits": ("started_at", "ended_at"),
-    "alerts": ("raised_at",),
-    "bindings": ("seen_at",),
-}
+from service.monitor.recorder import Recorder, RecorderCalls
+from service.monitor.records import Counters, Due, Sink
 
 _PAYLOAD_PACKETS = 4  # how many payload packets per direction are searched for names/P2P
 _TCP_IDLE = 300.0
@@ -51,8 +38,6 @@ _SERVICE_BY_PORT = {
 
 _DNS = 1  # Flow.kind of a UDP flow on a DNS port (every payload is parsed as DNS)
 _DHCP = 2  # Flow.kind of a UDP flow between DHCP ports
-_PROTO_NAMES = {parser.PROTO_TCP: "tcp", parser.PROTO_UDP: "udp"}
-_NEVER = 1e15  # expiry times from here on (an infinite visit gap) are never due
 _ETH_IPV4 = parser.ETH_IPV4.unpack_from
 _ETH_IPV4_MIN = parser.ETH_IPV4_MIN
 _MAX_FRAME = parser.MAX_FRAME
@@ -66,19 +51,6 @@ _KEY_END = parser.ETH_IPV4_KEY + 12
 def _pair(a: bytes, b: bytes) -> bytes:
     """Two addresses in either order as one key (P2P peers)."""
     return a + b if a <= b else b + a
-
-
-_ip_text = extract.address_text
-
-
-def with_datetimes(kind: str, row: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a row with its times (epoch seconds in the rows the engine hands out, so no
-    datetime is built per record on the hot path) as timezone-aware UTC datetimes."""
-    out = dict(row)
-    for column in TIME_COLUMNS[kind]:
-        value = row[column]
-        out[column] = None if value is None else datetime.fromtimestamp(value, UTC)
-    return out
 
 
 class Flow:
@@ -150,113 +122,37 @@ class Flow:
         self.key = self.rkey = b""
 
 
-@dataclass
-class Counters:
-    packets: int = 0
-    bytes: int = 0
-    skipped_truncated: int = 0
-    skipped_corrupt: int = 0
-    skipped_oversized: int = 0
-    skipped_linktype: int = 0
-    not_ip: int = 0
-    flows: int = 0
-    dns: int = 0
-    dns_errors: int = 0
-    dhcp: int = 0
-    arp: int = 0
-    visits: int = 0
-    alerts: int = 0
-    kernel_drops: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, int]:
-        out = {k: v for k, v in self.__dict__.items() if k != "extra"}
-        out.update(self.extra)
-        return out
-
-
-class Visit:
-    __slots__ = (
-        "bytes_down",
-        "bytes_up",
-        "category",
-        "client",
-        "end",
-        "flows",
-        "key",
-        "open",
-        "seq",
-        "start",
-        "who",
-    )
-
-    def __init__(
-        self, start: float, end: float, client: str, who: tuple[str | None, int | None, int | None]
-    ) -> None:
-        self.start = start
-        self.end = end
-        self.client = client
-        self.who = who
-        self.flows = 0
-        self.bytes_up = 0
-        self.bytes_down = 0
-        self.category: str | None = None
-        self.seq = 0
-        self.key: tuple[str, str] = ("", "")
-        self.open = True
-
-
-class _Due:
-    """Things (flows, visits) filed under the whole second at or before which they may go
-    idle; `pop_due(now)` returns those filed under a second before `now`. Filing something
-    again (its time moved) is fine: the caller checks the real condition and skips the gone."""
-
-    __slots__ = ("buckets", "heap")
-
-    def __init__(self) -> None:
-        self.buckets: dict[int, list[Any]] = {}
-        self.heap: list[int] = []
-
-    def add(self, item: object, at: float) -> None:
-        if not at < _NEVER:
-            return
-        second = int(at)
-        bucket = self.buckets.get(second)
-        if bucket is None:
-            self.buckets[second] = [item]
-            heapq.heappush(self.heap, second)
-        else:
-            bucket.append(item)
-
-    def pop_due(self, now: float) -> list[Any]:
-        heap = self.heap
-        due: list[Any] = []
-        while heap and heap[0] < now:
-            due += self.buckets.pop(heapq.heappop(heap))
-        return due
-
-
 class Monitor:
     """Feed frames with `packet()` (or the faster `handler(linktype)` callables), call `tick()`
-    now and then and `finish()` at the end."""
+    now and then and `finish()` at the end. Rows go to `sink` through a `Recorder` made from
+    the keyword arguments, unless `recorder` is given (writer.Recording: the recorder then runs
+    in the writer process)."""
 
     def __init__(
         self,
-        sink: Sink,
+        sink: Sink | None = None,
         *,
         site_code: str | None = None,
         attributor: Attributor | None = None,
         categories: CategoryList | None = None,
         visit_idle_gap: float = 300.0,
         p2p_severity: str = "weekly",
+        recorder: RecorderCalls | None = None,
     ) -> None:
-        self.sink = sink
-        self.site_code = site_code
-        self.attributor = attributor or Attributor()
-        self.categories = categories or CategoryList()
-        self.visit_idle_gap = visit_idle_gap
-        self.p2p_severity = p2p_severity
         self.counters = Counters()
+        if recorder is None:
+            if sink is None:
+                raise TypeError("Monitor needs a sink or a recorder")
+            recorder = Recorder(
+                sink,
+                site_code=site_code,
+                attributor=attributor,
+                categories=categories,
+                visit_idle_gap=visit_idle_gap,
+                p2p_severity=p2p_severity,
+                counters=self.counters,
+            )
+        self.recorder = recorder
         # Flow tables, one per IP protocol: flow key (see parser.flow_key) -> (flow, whether
         # the key is the flow's originator direction). Each flow is under both directions' keys.
         self.tables: dict[int, dict[bytes, tuple[Flow, bool]]] = {
@@ -266,34 +162,27 @@ class Monitor:
         self._tcp = self.tables[parser.PROTO_TCP]
         self._udp = self.tables[parser.PROTO_UDP]
         self._flow_seq = 0
-        # Idle expiry: flows and visits filed under the whole second they may expire at, so a
-        # tick looks only at those due instead of at every flow (see `tick`).
-        self._flows_due = _Due()
-        self._visits_due = _Due()
+        # Idle expiry: flows filed under the whole second they may expire at, so a tick looks
+        # only at those due instead of at every flow (see `tick`).
+        self._flows_due = Due()
         self.frags = parser.Reassembler()
         self.pending_dns: dict[
             tuple[bytes, int, bytes, int, int], tuple[float, extract.DnsMessage]
         ] = {}
-        # (client ip, server ip) -> name from a DNS answer, and server ip -> name as a fallback.
-        self.dns_names: dict[tuple[str, str], str] = {}
-        self.dns_any: dict[str, str] = {}
         self.p2p_peers: dict[bytes, str] = {}  # _pair(a, b) -> label
-        self.visits: dict[tuple[str, str], Visit] = {}
-        self._visit_seq = 0
-        self.p2p_alerted: dict[str, float] = {}
         self.now = 0.0
         self._next_tick = 0.0
 
     # --- hot path -----------------------------------------------------------------------
 
-    def handler(self, linktype: int) -> Callable[[float, bytes, int, int], None]:
+    def handler(self, linktype: int) -> Callable[[float, parser.FrameBuffer, int, int], None]:
         """The fastest way in for frames of `linktype`: a callable taking (timestamp, buffer,
         start, end) with the frame at buffer[start:end] (capture.feed_file's handler)."""
         if linktype == parser.LINK_ETHERNET:
             return self._ether
         parsed = self._parsed
 
-        def other(ts: float, buf: bytes, start: int, end: int) -> None:
+        def other(ts: float, buf: parser.FrameBuffer, start: int, end: int) -> None:
             parsed(ts, buf[start:end], linktype)
 
         return other
@@ -305,7 +194,7 @@ class Monitor:
         else:
             self._parsed(ts, frame, linktype)
 
-    def _ether(self, ts: float, buf: bytes, start: int, end: int) -> None:
+    def _ether(self, ts: float, buf: parser.FrameBuffer, start: int, end: int) -> None:
         """An Ethernet frame at buf[start:end]. Hot path (bench/monitor_pcap.py): untagged IPv4
         TCP/UDP is read with one unpack_from (parser.ETH_IPV4) and a packet of a known, open
         flow is settled here: one dict lookup on a slice of the header, counters, and only on
@@ -610,58 +499,41 @@ class Monitor:
         client, client_port, server, server_port = dst, dport, src, sport
         if pending is None and dport in (137, 5353, 5355) and sport == dport:
             client, client_port, server, server_port = src, sport, dst, dport
-        query_ts = pending[0] if pending else ts
-        client_text = _ip_text(client)
-        for address in msg.addresses:
-            if msg.query:
-                self.dns_names[(client_text, address)] = msg.query
-                self.dns_any[address] = msg.query
-        self._emit_dns(
-            query_ts,
+        self.recorder.dns(
+            pending[0] if pending else ts,
             client,
             client_port,
             server,
             server_port,
-            msg,
-            rtt=ts - pending[0] if pending else None,
+            msg.trans_id,
+            msg.query,
+            msg.qtype,
+            msg.rcode,
+            msg.answers,
+            msg.ttls,
+            msg.addresses,
+            ts - pending[0] if pending else None,
         )
 
-    def _emit_dns(
-        self,
-        ts: float,
-        client: bytes,
-        client_port: int,
-        server: bytes,
-        server_port: int,
-        msg: extract.DnsMessage,
-        *,
-        rtt: float | None,
+    def _unanswered(
+        self, key: tuple[bytes, int, bytes, int, int], ts: float, msg: extract.DnsMessage
     ) -> None:
-        client_text = _ip_text(client)
-        mac, _src, device_id, person_id = self.attributor.who(client_text, ts)
-        self.counters.dns += 1
-        self.sink(
-            "dns",
-            {
-                "site_code": self.site_code,
-                "queried_at": ts,
-                "client_ip": client_text,
-                "client_port": client_port,
-                "server_ip": _ip_text(server),
-                "server_port": server_port,
-                "trans_id": msg.trans_id,
-                "query": msg.query,
-                "qtype": msg.qtype,
-                "qtype_name": extract.DNS_TYPES.get(msg.qtype or -1),
-                "rcode": msg.rcode if msg.is_response else None,
-                "rcode_name": extract.RCODES.get(msg.rcode) if msg.is_response else None,
-                "rtt": rtt,
-                "answers": msg.answers,
-                "ttls": msg.ttls,
-                "mac": mac,
-                "device_id": device_id,
-                "person_id": person_id,
-            },
+        """A query whose answer never came (or not within 10 s): recorded without one."""
+        client, client_port, server, server_port, trans_id = key
+        self.recorder.dns(
+            ts,
+            client,
+            client_port,
+            server,
+            server_port,
+            trans_id,
+            msg.query,
+            msg.qtype,
+            None,
+            msg.answers,
+            msg.ttls,
+            [],
+            None,
         )
 
     def _dhcp(self, ts: float, payload: bytes) -> None:
@@ -673,53 +545,22 @@ class Monitor:
         if msg is None:
             return
         self.counters.dhcp += 1
-        is_lease = msg.msg_type == "ACK" and msg.assigned_addr is not None
-        if is_lease and msg.assigned_addr is not None:
-            self.attributor.learn(
-                msg.assigned_addr,
-                msg.mac,
-                ts,
-                "dhcp",
-                until=ts + msg.lease_seconds if msg.lease_seconds else None,
-            )
-        self.sink(
-            "bindings",
-            {
-                "site_code": self.site_code,
-                "seen_at": ts,
-                "source": "dhcp",
-                "msg_type": msg.msg_type,
-                "ip": msg.assigned_addr or msg.client_addr,
-                "mac": msg.mac,
-                "hostname": msg.hostname,
-                "lease_seconds": msg.lease_seconds,
-                "requested_ip": msg.requested_addr,
-                "is_lease": is_lease,
-            },
+        self.recorder.dhcp(
+            ts,
+            msg.msg_type,
+            msg.mac,
+            msg.assigned_addr or msg.client_addr,
+            msg.msg_type == "ACK" and msg.assigned_addr is not None,
+            msg.hostname,
+            msg.lease_seconds,
+            msg.requested_addr,
         )
 
     def _arp(self, ts: float, sender_ip: bytes, sender_mac: bytes, opcode: int) -> None:
         self.counters.arp += 1
         if sender_ip == b"\x00\x00\x00\x00":
             return  # ARP probe: the sender has no address yet
-        ip = _ip_text(sender_ip)
-        mac = sender_mac.hex(":")
-        if self.attributor.learn(ip, mac, ts, "arp"):
-            self.sink(
-                "bindings",
-                {
-                    "site_code": self.site_code,
-                    "seen_at": ts,
-                    "source": "arp",
-                    "msg_type": "reply" if opcode == 2 else "request",
-                    "ip": ip,
-                    "mac": mac,
-                    "hostname": None,
-                    "lease_seconds": None,
-                    "requested_ip": None,
-                    "is_lease": False,
-                },
-            )
+        self.recorder.arp(ts, sender_ip, sender_mac, opcode)
 
     # --- flow end, visits, alerts -------------------------------------------------------
 
@@ -734,158 +575,27 @@ class Monitor:
             flow.table = None
 
     def _emit_flow(self, flow: Flow) -> None:
-        orig = _ip_text(flow.orig)
-        resp = _ip_text(flow.resp)
-        who = self.attributor.who(orig, flow.first)
-        client, server = orig, resp
-        if who[0] is None:
-            other = self.attributor.who(resp, flow.first)
-            if other[0] is not None:
-                who, client, server = other, resp, orig
-        mac, mac_source, device_id, person_id = who
-        if flow.name is None:
-            name = self.dns_names.get((client, server)) or self.dns_names.get((server, client))
-            if name is None:
-                name = self.dns_any.get(server)
-            if name is not None:
-                flow.name, flow.name_source = name, "dns"
-        self.sink(
-            "flows",
-            {
-                "site_code": self.site_code,
-                "started_at": flow.first,
-                "ended_at": flow.last,
-                "duration": round(flow.last - flow.first, 6),
-                "proto": _PROTO_NAMES.get(flow.proto) or str(flow.proto),
-                "orig_ip": orig,
-                "orig_port": flow.orig_port,
-                "resp_ip": resp,
-                "resp_port": flow.resp_port,
-                "vlan": flow.vlan or None,
-                "orig_packets": flow.o_pkts,
-                "orig_bytes": flow.o_bytes,
-                "resp_packets": flow.r_pkts,
-                "resp_bytes": flow.r_bytes,
-                "end_reason": flow.end_reason,
-                "service": flow.service,
-                "server_name": flow.name,
-                "name_source": flow.name_source,
-                "p2p": flow.p2p,
-                "info_hash": flow.info_hash,
-                "client_ip": client,
-                "mac": mac,
-                "mac_source": mac_source,
-                "device_id": device_id,
-                "person_id": person_id,
-            },
-        )
-        up, down = (flow.o_bytes, flow.r_bytes) if client == orig else (flow.r_bytes, flow.o_bytes)
-        who3 = (mac, device_id, person_id)
-        if flow.p2p is not None:
-            self._p2p_alert(flow, client, server, who3)
-        if flow.name is not None and flow.service != "dns":
-            self._visit(flow, client, who3, up, down)
-
-    def _visit(
-        self,
-        flow: Flow,
-        client: str,
-        who: tuple[str | None, int | None, int | None],
-        up: int,
-        down: int,
-    ) -> None:
-        assert flow.name is not None
-        site = flow.name.lower().removeprefix("www.")
-        key = (who[0] or client, site)
-        visit = self.visits.get(key)
-        if visit is not None and flow.first - visit.end > self.visit_idle_gap:
-            self._emit_visit(key, visit)
-            visit = None
-        if visit is None:
-            visit = Visit(flow.first, flow.last, client, who)
-            visit.key = key
-            visit.seq = self._visit_seq
-            self._visit_seq += 1
-            self.visits[key] = visit
-            self._visits_due.add(visit, visit.end + self.visit_idle_gap)
-            match = self.categories.match(site)
-            if match is not None:
-                visit.category = match[0]
-                self._alert(
-                    flow.first,
-                    "category",
-                    match[0],
-                    match[1],
-                    client,
-                    who,
-                    f"visit to {site} ({flow.name_source})",
-                )
-        visit.end = max(visit.end, flow.last)
-        visit.flows += 1
-        visit.bytes_up += up
-        visit.bytes_down += down
-
-    def _emit_visit(self, key: tuple[str, str], visit: Visit) -> None:
-        self.visits.pop(key, None)
-        visit.open = False
-        self.counters.visits += 1
-        self.sink(
-            "visits",
-            {
-                "site_code": self.site_code,
-                "started_at": visit.start,
-                "ended_at": visit.end,
-                "duration": round(visit.end - visit.start, 6),
-                "server_name": key[1],
-                "client_ip": visit.client,
-                "mac": visit.who[0],
-                "device_id": visit.who[1],
-                "person_id": visit.who[2],
-                "flows": visit.flows,
-                "bytes_up": visit.bytes_up,
-                "bytes_down": visit.bytes_down,
-                "category": visit.category,
-            },
-        )
-
-    def _p2p_alert(
-        self, flow: Flow, client: str, server: str, who: tuple[str | None, int | None, int | None]
-    ) -> None:
-        holder = who[0] or client
-        last = self.p2p_alerted.get(holder)
-        if last is not None and flow.first - last < 3600:
-            return  # one P2P alert per device per hour; the flows carry the detail
-        self.p2p_alerted[holder] = flow.first
-        evidence = f"{flow.p2p} with {server}"
-        if flow.info_hash:
-            evidence += f" info_hash={flow.info_hash}"
-        self._alert(flow.first, "p2p", "peer-to-peer", self.p2p_severity, client, who, evidence)
-
-    def _alert(
-        self,
-        ts: float,
-        kind: str,
-        category: str,
-        severity: str,
-        client: str,
-        who: tuple[str | None, int | None, int | None],
-        evidence: str,
-    ) -> None:
-        self.counters.alerts += 1
-        self.sink(
-            "alerts",
-            {
-                "site_code": self.site_code,
-                "raised_at": ts,
-                "kind": kind,
-                "category": category,
-                "severity": severity,
-                "client_ip": client,
-                "mac": who[0],
-                "device_id": who[1],
-                "person_id": who[2],
-                "evidence": evidence[:512],
-            },
+        self.recorder.flow(
+            (
+                flow.first,
+                flow.last,
+                flow.proto,
+                flow.orig,
+                flow.orig_port,
+                flow.resp,
+                flow.resp_port,
+                flow.vlan,
+                flow.o_pkts,
+                flow.o_bytes,
+                flow.r_pkts,
+                flow.r_bytes,
+                flow.end_reason,
+                flow.service,
+                flow.name,
+                flow.name_source,
+                flow.p2p,
+                flow.info_hash,
+            )
         )
 
     # --- housekeeping -------------------------------------------------------------------
@@ -915,19 +625,10 @@ class Monitor:
             for key, (ts, msg) in list(self.pending_dns.items()):
                 if now - ts > 10.0:
                     del self.pending_dns[key]
-                    self._emit_dns(ts, key[0], key[1], key[2], key[3], msg, rtt=None)
+                    self._unanswered(key, ts, msg)
         if self.frags.pending:
             self.frags.expire(now)
-        visits = self._visits_due.pop_due(now)
-        if visits:
-            gap = self.visit_idle_gap
-            waiting = {visit.seq: visit for visit in visits if visit.open}
-            for seq in sorted(waiting):
-                visit = waiting[seq]
-                if now - visit.end > gap:
-                    self._emit_visit(visit.key, visit)
-                else:
-                    self._visits_due.add(visit, visit.end + gap)
+        self.recorder.tick(now)
 
     def finish(self) -> None:
         """End of capture: every open flow, query and visit is written as it stands."""
@@ -938,8 +639,7 @@ class Monitor:
                 self._close(flow)
             self._forget(flow)
         for key, (ts, msg) in list(self.pending_dns.items()):
-            self._emit_dns(ts, key[0], key[1], key[2], key[3], msg, rtt=None)
+            self._unanswered(key, ts, msg)
         self.pending_dns.clear()
-        for site_key, visit in list(self.visits.items()):
-            self._emit_visit(site_key, visit)
+        self.recorder.finish()
         self.counters.extra["fragment_timeouts"] = self.frags.timeouts

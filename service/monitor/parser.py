@@ -7,8 +7,9 @@ and `int.from_bytes`; no scapy, no dataclasses, no logging.
 
 from __future__ import annotations
 
+import mmap
 import struct
-from typing import Final
+from typing import Final, TypeAlias
 
 # Link types (pcap LINKTYPE_*) we understand.
 LINK_NULL: Final = 0
@@ -44,6 +45,10 @@ _FRAG_TIMEOUT: Final = 30.0
 # src_ip/dst_ip are the raw 4- or 16-byte addresses; src_mac the raw 6 bytes (b"" if no L2).
 # For ARP: (ARP, sender_ip, target_ip, opcode, 0, b"", 0, 0, sender_mac, vlan).
 Packet = tuple[int, bytes, bytes, int, int, bytes, int, int, bytes, int]
+
+# What frames are handed over in: a bytes block of the capture, or the mapped capture file
+# (capture._mapped); either way a slice of it is bytes.
+FrameBuffer: TypeAlias = bytes | mmap.mmap
 
 
 # The fast path's view of an untagged Ethernet frame carrying IPv4 without options, read with one

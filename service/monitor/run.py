@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +18,10 @@ from sqlalchemy.orm import Session
 from service.monitor.attribution import Attributor, load_attributor
 from service.monitor.capture import CaptureStats, LiveCapture, feed_file
 from service.monitor.categories import CategoryList, load_categories
-from service.monitor.engine import Monitor, with_datetimes
+from service.monitor.engine import Monitor
 from service.monitor.parser import LINK_ETHERNET
-from service.monitor.writer import BatchWriter
+from service.monitor.records import with_datetimes
+from service.monitor.writer import Recording
 
 
 @dataclass
@@ -53,20 +54,11 @@ def run_monitor(
     categories = load_categories(categories_dir) if categories_dir else CategoryList()
     attributor = load_attributor(session, site_code=site_code)
     result = RunResult({}, CaptureStats(), {}, 0, None, 0.0)
-
-    def keep(kind: str, row: dict[str, Any]) -> None:
-        if kind == "visits":
-            result.visits.append(with_datetimes(kind, row))
-        elif kind == "alerts":
-            result.alerts.append(with_datetimes(kind, row))
-        elif kind == "flows" and row["p2p"]:
-            result.p2p_flows.append(with_datetimes(kind, row))
-
     with _fewer_collections():
         return _run(
             engine,
             result,
-            keep if keep_summary else None,
+            keep_summary,
             read=read,
             interface=interface,
             bpf=bpf,
@@ -98,7 +90,7 @@ def _fewer_collections() -> Iterator[None]:
 def _run(
     engine: Engine,
     result: RunResult,
-    keep: Callable[[str, dict[str, Any]], None] | None,
+    keep_summary: bool,
     *,
     read: Path | None,
     interface: str | None,
@@ -110,14 +102,15 @@ def _run(
     duration: float | None,
     max_packets: int | None,
 ) -> RunResult:
-    writer = BatchWriter(engine, on_row=keep)
-    monitor = Monitor(
-        writer.add,
+    writer = Recording(
+        engine,
         site_code=site_code,
         attributor=attributor,
         categories=categories,
         visit_idle_gap=visit_idle_gap,
+        keep_summary=keep_summary,
     )
+    monitor = Monitor(recorder=writer)
     stats = result.capture
     started = time.perf_counter()
     stop = {"now": False}
@@ -143,21 +136,25 @@ def _run(
     finally:
         if live is not None:
             live.close()
-        writer.close()
+        recorded = writer.close()
         signal.signal(signal.SIGTERM, previous)
     result.seconds = time.perf_counter() - started
     monitor.counters.kernel_drops = stats.kernel_drops
     result.counters = monitor.counters.as_dict()
-    result.written = dict(writer.written)
-    result.writer_errors = writer.errors
-    result.writer_last_error = writer.last_error
+    result.counters.update(recorded.counters)  # dns, visits, alerts: counted by the recorder
+    result.written = dict(recorded.written)
+    result.writer_errors = recorded.errors
+    result.writer_last_error = recorded.last_error
+    result.visits = [with_datetimes("visits", row) for row in recorded.kept.get("visits", [])]
+    result.alerts = [with_datetimes("alerts", row) for row in recorded.kept.get("alerts", [])]
+    result.p2p_flows = [with_datetimes("flows", row) for row in recorded.kept.get("p2p_flows", [])]
     return result
 
 
 def _live(
     live: LiveCapture,
     monitor: Monitor,
-    writer: BatchWriter,
+    writer: Recording,
     stop: dict[str, bool],
     duration: float | None,
     max_packets: int | None,

@@ -1,24 +1,26 @@
-"""Batch writer: the capture loop appends rows to a list per table; each full batch goes to a
-writer process that converts and inserts it, so the capture never waits on the database and the
-inserts run on another core (bench/monitor_pcap.py: a thread sharing the GIL with the capture
-loop took as long again as the capture itself). Rows come from the engine with times as float
-epoch seconds and are converted in the writer process. On PostgreSQL it creates the daily
-partition a batch needs before inserting."""
+"""The writer process: the engine's recorder calls travel there in batches (`Recording`), the
+recorder (recorder.py) turns them into rows, and the rows are converted and inserted, so the
+capture loop never waits on the database and the naming, attribution and inserts run on another
+core (bench/monitor_pcap.py: a thread sharing the GIL with the capture loop took as long again
+as the capture itself). Rows carry times as float epoch seconds and are converted here. On
+PostgreSQL it creates the daily partition a batch needs before inserting."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import multiprocessing
-import operator
 import queue
 import signal
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, insert, text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql import sqltypes
 
 from service.models.base import UTCDateTime, sqlite_time
 from service.models.traffic import (
@@ -29,7 +31,10 @@ from service.models.traffic import (
     TrafficFlow,
     TrafficVisit,
 )
-from service.monitor.engine import with_datetimes
+from service.monitor.attribution import Attributor
+from service.monitor.categories import CategoryList
+from service.monitor.recorder import CALLS, FlowRecord, Recorder, dispatcher
+from service.monitor.records import FIELDS, P2P_FIELD, Counters, Row, with_datetimes
 
 TABLES: dict[str, Any] = {
     "flows": TrafficFlow.__table__,
@@ -38,62 +43,142 @@ TABLES: dict[str, Any] = {
     "alerts": TrafficAlert.__table__,
     "bindings": TrafficBinding.__table__,
 }
-# Each table's columns in INSERT order (all but the id), and those holding times: epoch seconds
-# in the engine's rows, UTC timestamps in the database.
-COLUMNS = {kind: [c for c in table.columns if c.name != "id"] for kind, table in TABLES.items()}
-Batch = dict[str, list[dict[str, Any]]]  # kind -> rows
+# Each table's columns in INSERT order: the engine's row fields (all columns but the id).
+COLUMNS = {kind: [table.c[name] for name in FIELDS[kind]] for kind, table in TABLES.items()}
+Batch = dict[str, list[Row]]  # kind -> rows
+_json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
-class BatchWriter:
-    """`add(kind, row)` from the capture loop; rows reach the database in batches, written by a
-    child process (forked, so it shares the engine's configuration). `written`, `errors` and
-    `last_error` are complete once `close()` has returned."""
+Event = tuple[int, tuple[Any, ...]]  # (index of the call in recorder.CALLS, its arguments)
+_FLOW, _DNS, _DHCP, _ARP, _TICK, _FINISH = range(len(CALLS))
+# What the writer process keeps of the rows for the run's closing summary.
+SUMMARY_KINDS = ("visits", "alerts", "p2p_flows")
+
+
+@dataclass
+class RecordingResult:
+    written: dict[str, int]
+    errors: int
+    last_error: str | None
+    counters: dict[str, int]  # the recorder's: dns, visits, alerts
+    kept: dict[str, list[Row]]  # SUMMARY_KINDS -> rows, when asked to keep them
+
+
+class Recording:
+    """The recorder's calls (recorder.RecorderCalls) from the capture loop, carried in batches
+    to a writer process (forked, so it shares the engine's configuration and the attributor)
+    that runs a `Recorder` with these arguments and inserts its rows. `result` is complete once
+    `close()` has returned."""
 
     def __init__(
         self,
         engine: Engine,
         *,
+        site_code: str | None = None,
+        attributor: Attributor | None = None,
+        categories: CategoryList | None = None,
+        visit_idle_gap: float = 300.0,
+        keep_summary: bool = False,
         batch_size: int = 5000,
-        on_row: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
-        self.engine = engine
         self.batch_size = batch_size
-        self.on_row = on_row
-        self.pending: dict[str, list[dict[str, Any]]] = {kind: [] for kind in TABLES}
-        self._count = 0
-        self.written: dict[str, int] = dict.fromkeys(TABLES, 0)
-        self.errors = 0
-        self.last_error: str | None = None
+        self.events: list[Event] = []
+        self.result = RecordingResult(dict.fromkeys(TABLES, 0), 0, None, {}, {})
         context = multiprocessing.get_context("fork")
         # Up to 64 batches wait (a burst or a slow database); the queue's feeder thread pickles
         # them into the pipe.
-        self._batches: multiprocessing.Queue[Batch | None] = context.Queue(64)
+        self._batches: multiprocessing.Queue[list[Event] | None] = context.Queue(64)
         self._results, results_out = context.Pipe(duplex=False)
+        recorder = {
+            "site_code": site_code,
+            "attributor": attributor,
+            "categories": categories,
+            "visit_idle_gap": visit_idle_gap,
+        }
         self._process = context.Process(
-            target=_write_batches,
-            args=(engine, self._batches, results_out),
+            target=_record_and_write,
+            args=(engine, recorder, keep_summary, self._batches, results_out),
             name="monitor-writer",
             daemon=True,
         )
         self._process.start()
         results_out.close()
 
-    def add(self, kind: str, row: dict[str, Any]) -> None:
-        self.pending[kind].append(row)
-        if self.on_row is not None:
-            self.on_row(kind, row)
-        self._count += 1
-        if self._count >= self.batch_size:
+    # --- recorder.RecorderCalls: one event each -------------------------------------------
+
+    def flow(self, record: FlowRecord) -> None:
+        self._put((_FLOW, (record,)))
+
+    def dns(
+        self,
+        ts: float,
+        client: bytes,
+        client_port: int,
+        server: bytes,
+        server_port: int,
+        trans_id: int,
+        query: str | None,
+        qtype: int | None,
+        rcode: int | None,
+        answers: list[str],
+        ttls: list[int],
+        addresses: list[str],
+        rtt: float | None,
+    ) -> None:
+        self._put(
+            (
+                _DNS,
+                (
+                    ts,
+                    client,
+                    client_port,
+                    server,
+                    server_port,
+                    trans_id,
+                    query,
+                    qtype,
+                    rcode,
+                    answers,
+                    ttls,
+                    addresses,
+                    rtt,
+                ),
+            )
+        )
+
+    def dhcp(
+        self,
+        ts: float,
+        msg_type: str,
+        mac: str,
+        ip: str | None,
+        is_lease: bool,
+        hostname: str | None,
+        lease_seconds: int | None,
+        requested_ip: str | None,
+    ) -> None:
+        self._put((_DHCP, (ts, msg_type, mac, ip, is_lease, hostname, lease_seconds, requested_ip)))
+
+    def arp(self, ts: float, sender_ip: bytes, sender_mac: bytes, opcode: int) -> None:
+        self._put((_ARP, (ts, sender_ip, sender_mac, opcode)))
+
+    def tick(self, now: float) -> None:
+        self._put((_TICK, (now,)))
+
+    def finish(self) -> None:
+        self._put((_FINISH, ()))
+
+    # --- the process --------------------------------------------------------------------
+
+    def _put(self, event: Event) -> None:
+        self.events.append(event)
+        if len(self.events) >= self.batch_size:
             self.flush()
 
     def flush(self) -> None:
-        if not self._count:
+        if not self.events:
             return
-        # The rows go as they are: pickling the dicts costs the capture less than making
-        # tuples first (the writer process does that).
-        batch = {kind: rows for kind, rows in self.pending.items() if rows}
-        self.pending = {kind: [] for kind in TABLES}
-        self._count = 0
+        batch, self.events = self.events, []
         while True:
             try:
                 self._batches.put(batch, timeout=1.0)
@@ -103,50 +188,91 @@ class BatchWriter:
                     self._lost(batch)
                     return
 
-    def close(self) -> None:
+    def close(self) -> RecordingResult:
         """Write what is left and wait for the writer process."""
         self.flush()
         if self._process.is_alive():
             self._batches.put(None)
-        result = None
+        outcome = None
         while self._process.is_alive() or self._results.poll():
             if self._results.poll(0.5):
                 try:
-                    result = self._results.recv()
+                    outcome = self._results.recv()
                 except EOFError:
-                    result = None
+                    outcome = None
                 break
         self._process.join(timeout=10)
         self._batches.close()
         self._batches.cancel_join_thread()
-        if result is None:
-            self.errors += 1
-            self.last_error = f"writer process ended (exit code {self._process.exitcode})"
-            return
-        written, errors, last_error = result
-        for kind, count in written.items():
-            self.written[kind] += count
-        self.errors += errors
-        self.last_error = last_error or self.last_error
+        result = self.result
+        if outcome is None:
+            result.errors += 1
+            result.last_error = f"writer process ended (exit code {self._process.exitcode})"
+            return result
+        for kind, count in outcome.written.items():
+            result.written[kind] += count
+        result.errors += outcome.errors
+        result.last_error = outcome.last_error or result.last_error
+        result.counters = outcome.counters
+        result.kept = outcome.kept
+        return result
 
-    def _lost(self, batch: Batch) -> None:
-        self.errors += 1
-        self.last_error = f"writer process ended; {sum(map(len, batch.values()))} rows not written"
+    def _lost(self, batch: list[Event]) -> None:
+        self.result.errors += 1
+        self.result.last_error = f"writer process ended; {len(batch)} records not written"
 
 
-def _write_batches(engine: Engine, batches: Any, results: Any) -> None:
-    """The writer process: batches until None, then (written, errors, last error) back."""
+def _record_and_write(
+    engine: Engine,
+    recorder_args: dict[str, Any],
+    keep_summary: bool,
+    batches: Any,
+    results: Any,
+) -> None:
+    """The writer process: event batches until None, then a RecordingResult back."""
     # Ctrl-C and SIGTERM go to the capture process, which stops and sends what is left.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     engine.dispose(close=False)  # the parent's pooled connections stay the parent's
     inserter = _Inserter(engine)
+    rows: Batch = {kind: [] for kind in TABLES}
+    kept: dict[str, list[Row]] = {kind: [] for kind in SUMMARY_KINDS}
+
+    def sink(kind: str, row: Row) -> None:
+        rows[kind].append(row)
+        if keep_summary:
+            if kind == "flows":
+                if row[P2P_FIELD]:
+                    kept["p2p_flows"].append(row)
+            elif kind in kept:
+                kept[kind].append(row)
+
+    counters = Counters()
+    call = dispatcher(Recorder(sink, counters=counters, **recorder_args))
+    errors = 0
+    last_error = None
     while True:
         batch = batches.get()
         if batch is None:
             break
-        inserter.write(batch)
-    results.send((inserter.written, inserter.errors, inserter.last_error))
+        try:
+            for code, args in batch:
+                call(code, args)
+        except Exception as exc:  # noqa: BLE001  (counted; what was recorded is still written)
+            errors += 1
+            last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+        written = {kind: batch_rows for kind, batch_rows in rows.items() if batch_rows}
+        if written:
+            inserter.write(written)
+            rows = {kind: [] for kind in TABLES}
+    outcome = RecordingResult(
+        inserter.written,
+        inserter.errors + errors,
+        last_error or inserter.last_error,
+        {"dns": counters.dns, "visits": counters.visits, "alerts": counters.alerts},
+        kept,
+    )
+    results.send(outcome)
     results.close()
 
 
@@ -223,14 +349,16 @@ class _SqlitePlan:
         columns = COLUMNS[kind]
         self.table = TABLES[kind].name
         self.names = [c.name for c in columns]
-        self.getter = operator.itemgetter(*self.names)
         self.converters: list[tuple[int, Callable[[Any], Any]]] = []
         for index, column in enumerate(columns):
             if isinstance(column.type, UTCDateTime):
                 self.converters.append((index, sqlite_time))
                 continue
-            processor = column.type.dialect_impl(dialect).bind_processor(dialect)
+            impl = column.type.dialect_impl(dialect)
+            processor = impl.bind_processor(dialect)
             if processor is not None:
+                if isinstance(impl, sqltypes.JSON):
+                    processor = _json_lists(processor)
                 self.converters.append((index, processor))
         self.per_statement = max(1, min(500, max_variables // len(columns)))
         self._row_marks = "(" + ", ".join(["?"] * len(columns)) + ")"
@@ -245,16 +373,15 @@ class _SqlitePlan:
             )
         return sql
 
-    def values(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        tuples = list(map(self.getter, rows))
-        if not self.converters or not tuples:
-            return tuples
-        columns = list(zip(*tuples, strict=True))
+    def values(self, rows: list[Row]) -> list[Row]:
+        if not self.converters or not rows:
+            return rows
+        columns = list(zip(*rows, strict=True))
         for index, convert in self.converters:
             columns[index] = tuple(map(convert, columns[index]))
         return list(zip(*columns, strict=True))
 
-    def write(self, conn: Any, rows: list[dict[str, Any]]) -> None:
+    def write(self, conn: Any, rows: list[Row]) -> None:
         values = self.values(rows)
         step = self.per_statement
         for at in range(0, len(values), step):
@@ -262,6 +389,25 @@ class _SqlitePlan:
             conn.exec_driver_sql(
                 self.statement(len(chunk)), tuple(itertools.chain.from_iterable(chunk))
             )
+
+
+def _json_lists(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """SQLAlchemy's JSON bind processor, with the DNS answers' lists of strings or of integers
+    encoded directly: the same text `json.dumps` gives (its separators, its C string escaper)
+    for a fifth of the cost; anything else goes to SQLAlchemy's processor."""
+
+    def process(value: Any) -> Any:
+        if type(value) is list:
+            if not value:
+                return "[]"
+            first = type(value[0])
+            if first is str and all(type(item) is str for item in value):
+                return "[" + ", ".join(map(_json_string, value)) + "]"
+            if first is int and all(type(item) is int for item in value):
+                return "[" + ", ".join(map(int.__repr__, value)) + "]"
+        return processor(value)
+
+    return process
 
 
 def _sqlite_plans(engine: Engine) -> dict[str, _SqlitePlan]:

@@ -10,7 +10,8 @@ import pytest
 from service.monitor.attribution import Attributor
 from service.monitor.capture import CaptureStats, feed_file
 from service.monitor.categories import load_categories
-from service.monitor.engine import Monitor, with_datetimes
+from service.monitor.engine import Monitor
+from service.monitor.records import with_datetimes
 
 REPO = Path(__file__).resolve().parents[2]
 # The reference captures live beside the checkout (../shared/pcaps); a clone elsewhere (CI)

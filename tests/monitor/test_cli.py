@@ -151,6 +151,24 @@ def test_arp_inside_a_lease_adds_no_bindings() -> None:
     assert attributor.who("10.0.0.7", 90030.0)[:2] == ("bb:bb:bb:bb:bb:bb", "arp")
 
 
+def test_a_renewed_lease_stays_attributed_to_its_new_end() -> None:
+    """A client renews halfway through its lease, and again halfway through the renewal: the
+    address is that device's throughout, in one binding, not gone at the first lease's end."""
+    attributor = Attributor()
+    mac = "bb:bb:bb:bb:bb:bb"
+    assert attributor.learn("10.0.0.8", mac, 0.0, "dhcp", until=3600.0)
+    assert attributor.learn("10.0.0.8", mac, 1800.0, "dhcp", until=5400.0)
+    assert attributor.learn("10.0.0.8", mac, 3600.0, "dhcp", until=7200.0)
+    assert not attributor.learn("10.0.0.8", mac, 3700.0, "dhcp", until=7000.0)  # no longer
+    for ts in (10.0, 3599.0, 3601.0, 5000.0, 7199.0):
+        assert attributor.who("10.0.0.8", ts)[:2] == (mac, "dhcp"), ts
+    assert attributor.who("10.0.0.8", 7201.0)[0] is None
+    assert len(attributor.bindings["10.0.0.8"]) == 1
+    # A different device given the address after it: its own binding.
+    assert attributor.learn("10.0.0.8", "cc:cc:cc:cc:cc:cc", 8000.0, "dhcp", until=9000.0)
+    assert attributor.who("10.0.0.8", 8500.0)[0] == "cc:cc:cc:cc:cc:cc"
+
+
 def test_purge_removes_traffic_past_retention(
     westgate, session_factory, run_cli, tmp_path, db_url
 ) -> None:

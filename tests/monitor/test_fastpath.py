@@ -15,7 +15,8 @@ from sqlalchemy import create_engine, insert, select, text
 
 from service.monitor import capture
 from service.monitor.capture import CaptureStats, read_file
-from service.monitor.engine import Monitor, with_datetimes
+from service.monitor.engine import Monitor
+from service.monitor.records import with_datetimes
 from service.monitor.writer import TABLES, sqlite_time
 from tests.monitor import traffic as t
 from tests.monitor.conftest import SHARED_PCAPS
@@ -48,9 +49,15 @@ def _scapy_records(path: Path) -> tuple[list[tuple[float, bytes]], int]:
             truncated += len(data) < meta.caplen
 
 
+@pytest.mark.parametrize("mapped", [True, False], ids=["mapped", "blocks"])
 @pytest.mark.parametrize(("endian", "nano"), [("<", False), (">", True)])
-def test_block_reader_gives_what_scapys_reader_gives(tmp_path, monkeypatch, endian, nano) -> None:
+def test_block_reader_gives_what_scapys_reader_gives(
+    tmp_path, monkeypatch, endian, nano, mapped
+) -> None:
     monkeypatch.setattr(capture, "_CHUNK", 4096)  # records straddle many blocks
+    monkeypatch.setattr(capture, "_MAPPED_BLOCK", 7)  # and yields come often
+    if not mapped:  # as for a gzip-compressed capture
+        monkeypatch.setattr(capture, "_mapped", lambda _file: None)
     rng = random.Random(5)
     records = [
         (t.T0 + i * 0.001, bytes(rng.randrange(256) for _ in range(rng.randrange(0, 3000))))
@@ -125,7 +132,7 @@ def test_sqlite_time_is_what_sqlalchemy_stores(ts: float) -> None:
         "evidence": "x",
     }
     with engine.begin() as conn:
-        conn.execute(insert(table), [with_datetimes("alerts", row)])
+        conn.execute(insert(table), [with_datetimes("alerts", tuple(row.values()))])
         stored = conn.execute(text("SELECT raised_at FROM traffic_alerts")).scalar_one()
         assert sqlite_time(ts) == stored
         assert conn.execute(select(table.c.raised_at)).scalar_one() == datetime.fromtimestamp(

@@ -1,0 +1,470 @@
+"""The monitor's second half: from what the engine saw (finished flows, DNS transactions, DHCP
+leases, ARP) to the rows it records. It names flows (SNI or Host from the engine, else the DNS
+answer that resolved the server for that client), attributes them to a device and person
+(attribution.py), groups them into visits and raises alerts.
+
+Why a separate half: `schoolgate monitor run` runs it in the writer process, beside the
+database inserts, fed by the engine through `Recording` in event batches, so the capture loop
+only tracks flows and both cores work (bench/monitor_pcap.py). In tests and anywhere else the
+engine calls it directly; either way it sees the same calls in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from service.monitor import extract
+from service.monitor.attribution import Attributor
+from service.monitor.categories import CategoryList
+from service.monitor.records import Counters, Due, Sink
+
+_ip_text = extract.address_text
+_PROTO_NAMES = {6: "tcp", 17: "udp"}
+
+# A finished flow as the engine hands it over: (first, last, proto, orig address bytes,
+# orig port, resp address bytes, resp port, vlan, orig packets, orig bytes, resp packets,
+# resp bytes, end reason, service, server name, name source, p2p label, info_hash).
+FlowRecord = tuple[
+    float,
+    float,
+    int,
+    bytes,
+    int,
+    bytes,
+    int,
+    int,
+    int,
+    int,
+    int,
+    int,
+    str,
+    "str | None",
+    "str | None",
+    "str | None",
+    "str | None",
+    "str | None",
+]
+Who3 = tuple[str | None, int | None, int | None]  # (mac, device id, person id)
+
+
+class RecorderCalls(Protocol):
+    """What the engine calls: a `Recorder` itself, or `writer.Recording` that carries the
+    calls to a recorder in the writer process."""
+
+    def flow(self, record: FlowRecord) -> None: ...
+
+    def dns(
+        self,
+        ts: float,
+        client: bytes,
+        client_port: int,
+        server: bytes,
+        server_port: int,
+        trans_id: int,
+        query: str | None,
+        qtype: int | None,
+        rcode: int | None,
+        answers: list[str],
+        ttls: list[int],
+        addresses: list[str],
+        rtt: float | None,
+    ) -> None: ...
+
+    def dhcp(
+        self,
+        ts: float,
+        msg_type: str,
+        mac: str,
+        ip: str | None,
+        is_lease: bool,
+        hostname: str | None,
+        lease_seconds: int | None,
+        requested_ip: str | None,
+    ) -> None: ...
+
+    def arp(self, ts: float, sender_ip: bytes, sender_mac: bytes, opcode: int) -> None: ...
+
+    def tick(self, now: float) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class Visit:
+    __slots__ = (
+        "bytes_down",
+        "bytes_up",
+        "category",
+        "client",
+        "end",
+        "flows",
+        "key",
+        "open",
+        "seq",
+        "start",
+        "who",
+    )
+
+    def __init__(self, start: float, end: float, client: str, who: Who3) -> None:
+        self.start = start
+        self.end = end
+        self.client = client
+        self.who = who
+        self.flows = 0
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.category: str | None = None
+        self.seq = 0
+        self.key: tuple[str, str] = ("", "")
+        self.open = True
+
+
+class Recorder:
+    """Rows to `sink` from the engine's calls (see RecorderCalls). `counters` gets the dns,
+    visits and alerts counts."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        site_code: str | None = None,
+        attributor: Attributor | None = None,
+        categories: CategoryList | None = None,
+        visit_idle_gap: float = 300.0,
+        p2p_severity: str = "weekly",
+        counters: Counters | None = None,
+    ) -> None:
+        self.sink = sink
+        self.site_code = site_code
+        self.attributor = attributor or Attributor()
+        self.categories = categories or CategoryList()
+        self.visit_idle_gap = visit_idle_gap
+        self.p2p_severity = p2p_severity
+        self.counters = counters or Counters()
+        # (client ip, server ip) -> name from a DNS answer, and server ip -> name as a fallback.
+        self.dns_names: dict[tuple[str, str], str] = {}
+        self.dns_any: dict[str, str] = {}
+        self.visits: dict[tuple[str, str], Visit] = {}
+        self._visits_due = Due()
+        self._visit_seq = 0
+        self.p2p_alerted: dict[str, float] = {}
+
+    # --- DNS, DHCP, ARP -----------------------------------------------------------------
+
+    def dns(
+        self,
+        ts: float,
+        client: bytes,
+        client_port: int,
+        server: bytes,
+        server_port: int,
+        trans_id: int,
+        query: str | None,
+        qtype: int | None,
+        rcode: int | None,
+        answers: list[str],
+        ttls: list[int],
+        addresses: list[str],
+        rtt: float | None,
+    ) -> None:
+        """One DNS transaction (`rcode` None: a query that had no answer); `addresses` are the
+        A/AAAA answers, which name later flows from this client to those servers."""
+        client_text = _ip_text(client)
+        if query:
+            for address in addresses:
+                self.dns_names[(client_text, address)] = query
+                self.dns_any[address] = query
+        mac, _source, device_id, person_id = self.attributor.who(client_text, ts)
+        self.counters.dns += 1
+        self.sink(
+            "dns",
+            (
+                self.site_code,
+                ts,
+                client_text,
+                client_port,
+                _ip_text(server),
+                server_port,
+                trans_id,
+                query,
+                qtype,
+                extract.DNS_TYPES.get(qtype or -1),
+                rcode,
+                None if rcode is None else extract.RCODES.get(rcode),
+                rtt,
+                answers,
+                ttls,
+                mac,
+                device_id,
+                person_id,
+            ),
+        )
+
+    def dhcp(
+        self,
+        ts: float,
+        msg_type: str,
+        mac: str,
+        ip: str | None,
+        is_lease: bool,
+        hostname: str | None,
+        lease_seconds: int | None,
+        requested_ip: str | None,
+    ) -> None:
+        if is_lease and ip is not None:
+            self.attributor.learn(
+                ip, mac, ts, "dhcp", until=ts + lease_seconds if lease_seconds else None
+            )
+        self.sink(
+            "bindings",
+            (
+                self.site_code,
+                ts,
+                "dhcp",
+                msg_type,
+                ip,
+                mac,
+                hostname,
+                lease_seconds,
+                requested_ip,
+                is_lease,
+            ),
+        )
+
+    def arp(self, ts: float, sender_ip: bytes, sender_mac: bytes, opcode: int) -> None:
+        ip = _ip_text(sender_ip)
+        mac = sender_mac.hex(":")
+        if self.attributor.learn(ip, mac, ts, "arp"):
+            self.sink(
+                "bindings",
+                (
+                    self.site_code,
+                    ts,
+                    "arp",
+                    "reply" if opcode == 2 else "request",
+                    ip,
+                    mac,
+                    None,
+                    None,
+                    None,
+                    False,
+                ),
+            )
+
+    # --- flows, visits, alerts ----------------------------------------------------------
+
+    def flow(self, record: FlowRecord) -> None:
+        (
+            first,
+            last,
+            proto,
+            orig_raw,
+            orig_port,
+            resp_raw,
+            resp_port,
+            vlan,
+            o_pkts,
+            o_bytes,
+            r_pkts,
+            r_bytes,
+            end_reason,
+            service,
+            name,
+            name_source,
+            p2p,
+            info_hash,
+        ) = record
+        orig = _ip_text(orig_raw)
+        resp = _ip_text(resp_raw)
+        who = self.attributor.who(orig, first)
+        client, server = orig, resp
+        if who[0] is None:
+            other = self.attributor.who(resp, first)
+            if other[0] is not None:
+                who, client, server = other, resp, orig
+        mac, mac_source, device_id, person_id = who
+        if name is None:
+            name = self.dns_names.get((client, server)) or self.dns_names.get((server, client))
+            if name is None:
+                name = self.dns_any.get(server)
+            if name is not None:
+                name_source = "dns"
+        self.sink(
+            "flows",
+            (
+                self.site_code,
+                first,
+                last,
+                round(last - first, 6),
+                _PROTO_NAMES.get(proto) or str(proto),
+                orig,
+                orig_port,
+                resp,
+                resp_port,
+                vlan or None,
+                o_pkts,
+                o_bytes,
+                r_pkts,
+                r_bytes,
+                end_reason,
+                service,
+                name,
+                name_source,
+                p2p,
+                info_hash,
+                client,
+                mac,
+                mac_source,
+                device_id,
+                person_id,
+            ),
+        )
+        up, down = (o_bytes, r_bytes) if client == orig else (r_bytes, o_bytes)
+        who3 = (mac, device_id, person_id)
+        if p2p is not None:
+            self._p2p_alert(first, p2p, info_hash, client, server, who3)
+        if name is not None and service != "dns":
+            self._visit(first, last, name, name_source, client, who3, up, down)
+
+    def _visit(
+        self,
+        first: float,
+        last: float,
+        name: str,
+        name_source: str | None,
+        client: str,
+        who: Who3,
+        up: int,
+        down: int,
+    ) -> None:
+        site = name.lower().removeprefix("www.")
+        key = (who[0] or client, site)
+        visit = self.visits.get(key)
+        if visit is not None and first - visit.end > self.visit_idle_gap:
+            self._emit_visit(key, visit)
+            visit = None
+        if visit is None:
+            visit = Visit(first, last, client, who)
+            visit.key = key
+            visit.seq = self._visit_seq
+            self._visit_seq += 1
+            self.visits[key] = visit
+            self._visits_due.add(visit, visit.end + self.visit_idle_gap)
+            match = self.categories.match(site)
+            if match is not None:
+                visit.category = match[0]
+                self._alert(
+                    first,
+                    "category",
+                    match[0],
+                    match[1],
+                    client,
+                    who,
+                    f"visit to {site} ({name_source})",
+                )
+        visit.end = max(visit.end, last)
+        visit.flows += 1
+        visit.bytes_up += up
+        visit.bytes_down += down
+
+    def _emit_visit(self, key: tuple[str, str], visit: Visit) -> None:
+        self.visits.pop(key, None)
+        visit.open = False
+        self.counters.visits += 1
+        self.sink(
+            "visits",
+            (
+                self.site_code,
+                visit.start,
+                visit.end,
+                round(visit.end - visit.start, 6),
+                key[1],
+                visit.client,
+                visit.who[0],
+                visit.who[1],
+                visit.who[2],
+                visit.flows,
+                visit.bytes_up,
+                visit.bytes_down,
+                visit.category,
+            ),
+        )
+
+    def _p2p_alert(
+        self,
+        first: float,
+        label: str,
+        info_hash: str | None,
+        client: str,
+        server: str,
+        who: Who3,
+    ) -> None:
+        holder = who[0] or client
+        last = self.p2p_alerted.get(holder)
+        if last is not None and first - last < 3600:
+            return  # one P2P alert per device per hour; the flows carry the detail
+        self.p2p_alerted[holder] = first
+        evidence = f"{label} with {server}"
+        if info_hash:
+            evidence += f" info_hash={info_hash}"
+        self._alert(first, "p2p", "peer-to-peer", self.p2p_severity, client, who, evidence)
+
+    def _alert(
+        self,
+        ts: float,
+        kind: str,
+        category: str,
+        severity: str,
+        client: str,
+        who: Who3,
+        evidence: str,
+    ) -> None:
+        self.counters.alerts += 1
+        self.sink(
+            "alerts",
+            (
+                self.site_code,
+                ts,
+                kind,
+                category,
+                severity,
+                client,
+                who[0],
+                who[1],
+                who[2],
+                evidence[:512],
+            ),
+        )
+
+    # --- housekeeping -------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Write out the visits idle for longer than the gap, in the order they began."""
+        visits = self._visits_due.pop_due(now)
+        if visits:
+            gap = self.visit_idle_gap
+            waiting = {visit.seq: visit for visit in visits if visit.open}
+            for seq in sorted(waiting):
+                visit = waiting[seq]
+                if now - visit.end > gap:
+                    self._emit_visit(visit.key, visit)
+                else:
+                    self._visits_due.add(visit, visit.end + gap)
+
+    def finish(self) -> None:
+        """End of capture: every open visit is written as it stands."""
+        for site_key, visit in list(self.visits.items()):
+            self._emit_visit(site_key, visit)
+
+
+def dispatcher(recorder: Recorder) -> Callable[[int, tuple[Any, ...]], None]:
+    """`call(code, args)` for the events `writer.Recording` batches (code: index in CALLS)."""
+    methods = [getattr(recorder, name) for name in CALLS]
+
+    def call(code: int, args: tuple[Any, ...]) -> None:
+        methods[code](*args)
+
+    return call
+
+
+CALLS = ("flow", "dns", "dhcp", "arp", "tick", "finish")
