@@ -52,7 +52,7 @@ def test_the_writer_process_records_what_the_engine_records_in_process(
                     for row in conn.execute(select(table).order_by(table.c.id))
                 ]
                 assert stored == expected[kind], kind
-        assert counted["flows"] and counted["dns"] and counted["visits"] and counted["alerts"]
+        assert all(counted[name] > 0 for name in ("flows", "dns", "visits", "alerts")), counted
     finally:
         engine.dispose()
 
