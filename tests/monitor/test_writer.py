@@ -55,4 +55,3 @@ def test_the_writer_process_records_what_the_engine_records_in_process(
         assert all(counted[name] > 0 for name in ("flows", "dns", "visits", "alerts")), counted
     finally:
         engine.dispose()
-
