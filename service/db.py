@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -37,6 +38,19 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def describe_database_error(exc: SQLAlchemyError) -> str:
+    """One line for a person: "database: no such table: sites (run `schoolgate db upgrade`
+    first)", not SQLAlchemy's paragraph with the statement and a link."""
+    if isinstance(exc, (OperationalError, ProgrammingError)):
+        text = str(exc.orig) if exc.orig is not None else str(exc)
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        hint = ""
+        if "no such table" in first or "does not exist" in first:
+            hint = " (run `schoolgate db upgrade` first)"
+        return f"database: {first}{hint}"
+    return f"database: {type(exc).__name__}: {str(exc).splitlines()[0]}"
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

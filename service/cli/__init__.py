@@ -4,13 +4,66 @@ from __future__ import annotations
 
 import sys
 from importlib import import_module
+from typing import Any
 
 import typer
-from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
+from typer.core import TyperGroup
 
 from service.cli.common import CliState, default_actor, err_console
 from service.config import load_settings
 from service.errors import SchoolgateError
+
+# Each area adds its commands with register(app). Its module is imported when one of its
+# commands runs (or `--help` lists them all): a command pays only for its own imports, and
+# `monitor run` starts capturing before SQLAlchemy is loaded (service/monitor/recording.py).
+# tests/service/test_cli_areas.py checks this list against what the areas register.
+COMMANDS: dict[str, tuple[str, ...]] = {
+    "db": ("service.cli.admin",),
+    "site": ("service.cli.admin",),
+    "policy": ("service.cli.admin",),
+    "nas": ("service.cli.admin",),
+    "person": ("service.cli.people",),
+    "device": ("service.cli.device", "service.cli.coa"),  # coa adds `device disconnect`
+    "agreement": ("service.cli.agreement",),
+    "exception": ("service.cli.agreement",),
+    "export": ("service.cli.export",),
+    "purge": ("service.cli.export",),
+    "audit": ("service.cli.export",),
+    "demo": ("service.cli.demo",),
+    "radius": ("service.cli.radius",),
+    "coa": ("service.cli.coa",),
+    "portal": ("service.cli.portal",),
+    "token": ("service.cli.portal",),
+    "monitor": ("service.cli.monitor",),
+    "serve": ("service.cli.serve",),
+}
+
+
+class _Areas(TyperGroup):
+    """The root command group: an area's commands are built when first asked for."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        self._load(*(m for modules in COMMANDS.values() for m in modules))  # all, with help
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            self._load(*COMMANDS[cmd_name])
+        return super().get_command(ctx, cmd_name)
+
+    def _load(self, *modules: str) -> None:
+        new = [name for name in dict.fromkeys(modules) if name not in _loaded]
+        if not new:
+            return
+        for module_name in new:
+            _loaded.add(module_name)
+            import_module(module_name).register(app)
+        for name, command in typer.main.get_group(app).commands.items():
+            self.commands.setdefault(name, command)
+
+
+_loaded: set[str] = set()
+
 
 app = typer.Typer(
     name="schoolgate",
@@ -18,21 +71,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
-)
-
-# Each area adds its commands with register(app). Core first, then the adapters.
-AREAS = (
-    "service.cli.admin",
-    "service.cli.people",
-    "service.cli.device",
-    "service.cli.agreement",
-    "service.cli.export",
-    "service.cli.demo",
-    "service.cli.radius",
-    "service.cli.coa",
-    "service.cli.portal",
-    "service.cli.monitor",
-    "service.cli.serve",
+    cls=_Areas,
 )
 
 
@@ -57,26 +96,15 @@ def root(
 ) -> None:
     settings = load_settings(config, database_url=database_url)
     state = CliState(settings=settings, actor=actor or default_actor())
-    from service.cli.coa import flush_queued  # sends what a command queued, once it commits
-
-    state.after_commit_hooks.append(flush_queued)
+    state.after_commit_hooks.append(_flush_queued_coa)
     ctx.obj = state
 
 
-def _register_areas() -> None:
-    for name in AREAS:
-        try:
-            module = import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        register = getattr(module, "register", None)
-        if register is not None:
-            register(app)
+def _flush_queued_coa(state: CliState) -> None:
+    """Sends the CoA a command queued, once its transaction commits (service/cli/coa.py)."""
+    from service.cli.coa import flush_queued
 
-
-_register_areas()
+    flush_queued(state)
 
 
 def main() -> None:
@@ -86,19 +114,15 @@ def main() -> None:
     except SchoolgateError as exc:
         err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
-    except (OperationalError, ProgrammingError) as exc:
-        text = str(exc.orig) if exc.orig is not None else str(exc)
-        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        hint = ""
-        if "no such table" in first or "does not exist" in first:
-            hint = " (run `schoolgate db upgrade` first)"
-        err_console.print(f"error: database: {first}{hint}", markup=False, highlight=False)
-        sys.exit(1)
-    except SQLAlchemyError as exc:
+    except Exception as exc:
+        # SQLAlchemy is imported by the commands that use the database, not by the CLI itself.
+        sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
+        if sqlalchemy_exc is None or not isinstance(exc, sqlalchemy_exc.SQLAlchemyError):
+            raise
+        from service.db import describe_database_error
+
         err_console.print(
-            f"error: database: {type(exc).__name__}: {str(exc).splitlines()[0]}",
-            markup=False,
-            highlight=False,
+            f"error: {describe_database_error(exc)}", markup=False, highlight=False, soft_wrap=True
         )
         sys.exit(1)
     except KeyboardInterrupt:

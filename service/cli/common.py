@@ -10,18 +10,19 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from zoneinfo import ZoneInfo
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
-from service.db import make_engine, make_session_factory, transaction
 from service.errors import Invalid
+
+if TYPE_CHECKING:  # the database is imported by the commands that use it (service/cli/__init__)
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session, sessionmaker
 
 
 def _width() -> int | None:
@@ -49,17 +50,23 @@ class CliState:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
+            from service.db import make_engine
+
             self._engine = make_engine(self.settings.database_url)
         return self._engine
 
     def session_factory(self) -> sessionmaker[Session]:
         if self._factory is None:
+            from service.db import make_session_factory
+
             self._factory = make_session_factory(self.engine)
         return self._factory
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """One command, one transaction; then the after-commit hooks run."""
+        from service.db import transaction
+
         with transaction(self.session_factory()) as session:
             yield session
             self.last_info = dict(session.info)

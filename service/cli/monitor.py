@@ -7,11 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from sqlalchemy import select
 
 from service.cli.common import console, err_console, fail, get_state, local_text, print_json
 from service.errors import Invalid
-from service.models import Device, Person, Site
 
 monitor_app = typer.Typer(
     help="Traffic-metadata monitor (mirror port or capture file).", no_args_is_help=True
@@ -66,30 +64,23 @@ def run(
     if (interface is None) == (read is None):
         fail("give exactly one of --interface IF or --read FILE")
     state = get_state(ctx)
-    tz = "Europe/London"
-    with state.reading() as session:
-        if site is not None:
-            found = session.scalar(select(Site).where(Site.code == site))
-            if found is None:
-                fail(f"no site {site!r}")
-            tz = found.timezone
-        try:
-            result = run_monitor(
-                state.engine,
-                session,
-                read=read,
-                interface=interface,
-                bpf=bpf,
-                site_code=site,
-                categories_dir=categories,
-                visit_idle_gap=visit_gap,
-                duration=duration,
-                max_packets=max_packets,
-                keep_summary=not quiet,
-            )
-        except Invalid as exc:
-            fail(str(exc))
-        names = _names(session, result.visits + result.alerts + result.p2p_flows)
+    try:
+        result = run_monitor(
+            state.settings.database_url,
+            read=read,
+            interface=interface,
+            bpf=bpf,
+            site_code=site,
+            categories_dir=categories,
+            visit_idle_gap=visit_gap,
+            duration=duration,
+            max_packets=max_packets,
+            keep_summary=not quiet,
+        )
+    except Invalid as exc:
+        fail(str(exc))
+    tz = result.timezone or "Europe/London"
+    names = result.names
     rate = result.counters["packets"] / result.seconds if result.seconds else 0.0
     summary: dict[str, Any] = {
         "counters": result.counters,
@@ -123,29 +114,6 @@ def run(
     )
     if not quiet:
         _print_summary(_per_device(result, names, tz))
-
-
-def _names(session: Any, rows: list[dict[str, Any]]) -> dict[str, dict[int, str]]:
-    device_ids = {r["device_id"] for r in rows if r.get("device_id")}
-    person_ids = {r["person_id"] for r in rows if r.get("person_id")}
-    devices = (
-        {
-            i: f"{n or m} ({c.value})"
-            for i, n, m, c in session.execute(
-                select(Device.id, Device.name, Device.mac, Device.device_class).where(
-                    Device.id.in_(device_ids)
-                )
-            )
-        }
-        if device_ids
-        else {}
-    )
-    people = (
-        dict(session.execute(select(Person.id, Person.name).where(Person.id.in_(person_ids))).all())
-        if person_ids
-        else {}
-    )
-    return {"devices": devices, "people": people}
 
 
 def _per_device(result: Any, names: dict[str, dict[int, str]], tz: str) -> list[dict[str, Any]]:

@@ -6,11 +6,10 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from service.models import AccountingSession, Device
+if TYPE_CHECKING:  # the capture side does not import the database (monitor/recording.py)
+    from sqlalchemy.orm import Session
 
 # Who: (mac, source of the mapping, device id, person id)
 Who = tuple[str | None, str | None, int | None, int | None]
@@ -88,6 +87,10 @@ def load_attributor(
     session: Session, *, site_code: str | None = None, since: datetime | None = None
 ) -> Attributor:
     """Devices and owners, and every RADIUS accounting session with a Framed-IP-Address."""
+    from sqlalchemy import select
+
+    from service.models import AccountingSession, Device
+
     devices = {
         mac: DeviceRef(device_id, owner_id)
         for mac, device_id, owner_id in session.execute(

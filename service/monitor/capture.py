@@ -84,12 +84,19 @@ def feed_file(
     block of records so the caller can stop between them.
 
     scapy opens the file (gzip, byte order, micro/nanosecond magic, link type) and its reader
-    object's file is then read in 4 MiB blocks and walked with one `struct.unpack_from` per
-    record header: scapy's per-record `_read_packet` (two reads and a namedtuple per packet) was
-    a fifth of the whole run in `bench/monitor_pcap.py`. Records are handled exactly as scapy's
+    object's file is then mapped (`_mapped`; a compressed one is read in 4 MiB blocks) and
+    walked with one `struct.unpack_from` per record header: scapy's per-record `_read_packet`
+    (two reads and a namedtuple per packet) was a fifth of the whole run in
+    `bench/monitor_pcap.py`. Records are handled exactly as scapy's
     reader would: at most 0xFFFF*4 bytes kept, the rest skipped, a short last record counted as
-    truncated. pcapng goes through scapy's reader record by record."""
-    reader = _open(path)
+    truncated. pcapng goes through scapy's reader record by record. A file that is not a
+    capture raises Invalid here, before the first record is asked for."""
+    return _feed(_open(path), stats, handler)
+
+
+def _feed(
+    reader: RawPcapReader, stats: CaptureStats, handler: Callable[[int], FrameHandler]
+) -> Iterator[None]:
     with reader:
         if isinstance(reader, RawPcapNgReader):
             yield from _pcapng(reader, stats, handler)

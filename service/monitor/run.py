@@ -1,5 +1,8 @@
-"""One monitor run: a capture source into the engine, rows into the batch writer, and a summary
-of what was seen (for the CLI's closing report)."""
+"""One monitor run: a capture source into the engine, the engine's findings to the writer
+process (recording.py), and a summary of what was seen (for the CLI's closing report).
+
+Nothing here needs the database: the writer process connects to it, so a run starts capturing
+while that process is still importing SQLAlchemy and loading the attributor."""
 
 from __future__ import annotations
 
@@ -12,16 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session
-
-from service.monitor.attribution import Attributor, load_attributor
 from service.monitor.capture import CaptureStats, LiveCapture, feed_file
-from service.monitor.categories import CategoryList, load_categories
+from service.monitor.categories import load_categories
 from service.monitor.engine import Monitor
 from service.monitor.parser import LINK_ETHERNET
+from service.monitor.recording import Recording, Setup
 from service.monitor.records import with_datetimes
-from service.monitor.writer import Recording
 
 
 @dataclass
@@ -35,11 +34,13 @@ class RunResult:
     visits: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     p2p_flows: list[dict[str, Any]] = field(default_factory=list)
+    timezone: str | None = None  # the site's, when one was named
+    # For the summary: device id -> "name (class)", person id -> name.
+    names: dict[str, dict[int, str]] = field(default_factory=dict)
 
 
 def run_monitor(
-    engine: Engine,
-    session: Session,
+    database_url: str,
     *,
     read: Path | None = None,
     interface: str | None = None,
@@ -51,21 +52,24 @@ def run_monitor(
     max_packets: int | None = None,
     keep_summary: bool = True,
 ) -> RunResult:
-    categories = load_categories(categories_dir) if categories_dir else CategoryList()
-    attributor = load_attributor(session, site_code=site_code)
+    """Capture from `interface` or `read` a file until it ends (or `duration`, `max_packets`,
+    SIGTERM, Ctrl-C). Raises Invalid for a capture, site or database it cannot use, before
+    anything is written."""
+    setup = Setup(
+        database_url,
+        site_code=site_code,
+        categories=load_categories(categories_dir) if categories_dir else None,
+        visit_idle_gap=visit_idle_gap,
+        keep_summary=keep_summary,
+    )
     result = RunResult({}, CaptureStats(), {}, 0, None, 0.0)
     with _fewer_collections():
         return _run(
-            engine,
+            setup,
             result,
-            keep_summary,
             read=read,
             interface=interface,
             bpf=bpf,
-            site_code=site_code,
-            categories=categories,
-            attributor=attributor,
-            visit_idle_gap=visit_idle_gap,
             duration=duration,
             max_packets=max_packets,
         )
@@ -74,8 +78,8 @@ def run_monitor(
 @contextmanager
 def _fewer_collections() -> Iterator[None]:
     """The capture allocates millions of short-lived objects and no garbage cycles: collect
-    the young generation less often, and leave the start-up objects (models, CLI, scapy's
-    tables) out of the full collections (and out of the forked writer's copy-on-write pages).
+    the young generation less often, and leave the start-up objects (CLI, scapy's tables) out
+    of the full collections (and out of the forked writer's copy-on-write pages).
     A sixth of the engine's time in bench/monitor_pcap.py."""
     thresholds = gc.get_threshold()
     gc.freeze()
@@ -88,30 +92,22 @@ def _fewer_collections() -> Iterator[None]:
 
 
 def _run(
-    engine: Engine,
+    setup: Setup,
     result: RunResult,
-    keep_summary: bool,
     *,
     read: Path | None,
     interface: str | None,
     bpf: str | None,
-    site_code: str | None,
-    categories: CategoryList,
-    attributor: Attributor,
-    visit_idle_gap: float,
     duration: float | None,
     max_packets: int | None,
 ) -> RunResult:
-    writer = Recording(
-        engine,
-        site_code=site_code,
-        attributor=attributor,
-        categories=categories,
-        visit_idle_gap=visit_idle_gap,
-        keep_summary=keep_summary,
-    )
-    monitor = Monitor(recorder=writer)
     stats = result.capture
+    if read is not None:
+        # Opens the file now: a bad one is refused before the writer process starts. The
+        # monitor it feeds is made below, before the first record.
+        blocks = feed_file(read, stats, lambda linktype: monitor.handler(linktype))  # noqa: PLW0108
+    writer = Recording(setup)
+    monitor = Monitor(recorder=writer)
     started = time.perf_counter()
     stop = {"now": False}
 
@@ -123,7 +119,8 @@ def _run(
     try:
         try:
             if read is not None:
-                for _block in feed_file(read, stats, monitor.handler):
+                for _block in blocks:
+                    writer.check()
                     if stop["now"]:
                         break
             else:
@@ -148,6 +145,8 @@ def _run(
     result.visits = [with_datetimes("visits", row) for row in recorded.kept.get("visits", [])]
     result.alerts = [with_datetimes("alerts", row) for row in recorded.kept.get("alerts", [])]
     result.p2p_flows = [with_datetimes("flows", row) for row in recorded.kept.get("p2p_flows", [])]
+    result.timezone = writer.ready.timezone if writer.ready else None
+    result.names = recorded.names
     return result
 
 
@@ -172,3 +171,4 @@ def _live(
             live.read_drops()
             last_drops = time.monotonic()
             writer.flush()
+            writer.check()

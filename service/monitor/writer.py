@@ -1,27 +1,28 @@
-"""The writer process: the engine's recorder calls travel there in batches (`Recording`), the
-recorder (recorder.py) turns them into rows, and the rows are converted and inserted, so the
-capture loop never waits on the database and the naming, attribution and inserts run on another
-core (bench/monitor_pcap.py: a thread sharing the GIL with the capture loop took as long again
-as the capture itself). Rows carry times as float epoch seconds and are converted here. On
+"""The writer process (started by recording.Recording): the recorder (recorder.py) turns the
+engine's event batches into rows, which are converted and inserted, so the capture loop never
+waits on the database and the naming, attribution and inserts run on another core
+(bench/monitor_pcap.py: a thread sharing the GIL with the capture loop took as long again as
+the capture itself). Rows carry times as float epoch seconds and are converted here. On
 PostgreSQL it creates the daily partition a batch needs before inserting."""
 
 from __future__ import annotations
 
 import itertools
 import json
-import multiprocessing
-import queue
 import signal
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, insert, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Engine, insert, select, text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.orm import Session
 from sqlalchemy.sql import sqltypes
 
+from service.db import describe_database_error, make_engine
+from service.errors import Invalid, SchoolgateError
+from service.models import Device, Person, Site
 from service.models.base import UTCDateTime, sqlite_time
 from service.models.traffic import (
     PARTITION_COLUMNS,
@@ -31,9 +32,9 @@ from service.models.traffic import (
     TrafficFlow,
     TrafficVisit,
 )
-from service.monitor.attribution import Attributor
-from service.monitor.categories import CategoryList
-from service.monitor.recorder import CALLS, FlowRecord, Recorder, dispatcher
+from service.monitor.attribution import load_attributor
+from service.monitor.recorder import Recorder, dispatcher
+from service.monitor.recording import SUMMARY_KINDS, Failed, Ready, RecordingResult, Setup
 from service.monitor.records import FIELDS, P2P_FIELD, Counters, Row, with_datetimes
 
 TABLES: dict[str, Any] = {
@@ -49,198 +50,38 @@ Batch = dict[str, list[Row]]  # kind -> rows
 _json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
-Event = tuple[int, tuple[Any, ...]]  # (index of the call in recorder.CALLS, its arguments)
-_FLOW, _DNS, _DHCP, _ARP, _TICK, _FINISH = range(len(CALLS))
-# What the writer process keeps of the rows for the run's closing summary.
-SUMMARY_KINDS = ("visits", "alerts", "p2p_flows")
-
-
-@dataclass
-class RecordingResult:
-    written: dict[str, int]
-    errors: int
-    last_error: str | None
-    counters: dict[str, int]  # the recorder's: dns, visits, alerts
-    kept: dict[str, list[Row]]  # SUMMARY_KINDS -> rows, when asked to keep them
-
-
-class Recording:
-    """The recorder's calls (recorder.RecorderCalls) from the capture loop, carried in batches
-    to a writer process (forked, so it shares the engine's configuration and the attributor)
-    that runs a `Recorder` with these arguments and inserts its rows. `result` is complete once
-    `close()` has returned."""
-
-    def __init__(
-        self,
-        engine: Engine,
-        *,
-        site_code: str | None = None,
-        attributor: Attributor | None = None,
-        categories: CategoryList | None = None,
-        visit_idle_gap: float = 300.0,
-        keep_summary: bool = False,
-        batch_size: int = 5000,
-    ) -> None:
-        self.batch_size = batch_size
-        self.events: list[Event] = []
-        self.result = RecordingResult(dict.fromkeys(TABLES, 0), 0, None, {}, {})
-        context = multiprocessing.get_context("fork")
-        # Up to 64 batches wait (a burst or a slow database); the queue's feeder thread pickles
-        # them into the pipe.
-        self._batches: multiprocessing.Queue[list[Event] | None] = context.Queue(64)
-        self._results, results_out = context.Pipe(duplex=False)
-        recorder = {
-            "site_code": site_code,
-            "attributor": attributor,
-            "categories": categories,
-            "visit_idle_gap": visit_idle_gap,
-        }
-        self._process = context.Process(
-            target=_record_and_write,
-            args=(engine, recorder, keep_summary, self._batches, results_out),
-            name="monitor-writer",
-            daemon=True,
-        )
-        self._process.start()
-        results_out.close()
-
-    # --- recorder.RecorderCalls: one event each -------------------------------------------
-
-    def flow(self, record: FlowRecord) -> None:
-        self._put((_FLOW, (record,)))
-
-    def dns(
-        self,
-        ts: float,
-        client: bytes,
-        client_port: int,
-        server: bytes,
-        server_port: int,
-        trans_id: int,
-        query: str | None,
-        qtype: int | None,
-        rcode: int | None,
-        answers: list[str],
-        ttls: list[int],
-        addresses: list[str],
-        rtt: float | None,
-    ) -> None:
-        self._put(
-            (
-                _DNS,
-                (
-                    ts,
-                    client,
-                    client_port,
-                    server,
-                    server_port,
-                    trans_id,
-                    query,
-                    qtype,
-                    rcode,
-                    answers,
-                    ttls,
-                    addresses,
-                    rtt,
-                ),
-            )
-        )
-
-    def dhcp(
-        self,
-        ts: float,
-        msg_type: str,
-        mac: str,
-        ip: str | None,
-        is_lease: bool,
-        hostname: str | None,
-        lease_seconds: int | None,
-        requested_ip: str | None,
-    ) -> None:
-        self._put((_DHCP, (ts, msg_type, mac, ip, is_lease, hostname, lease_seconds, requested_ip)))
-
-    def arp(self, ts: float, sender_ip: bytes, sender_mac: bytes, opcode: int) -> None:
-        self._put((_ARP, (ts, sender_ip, sender_mac, opcode)))
-
-    def tick(self, now: float) -> None:
-        self._put((_TICK, (now,)))
-
-    def finish(self) -> None:
-        self._put((_FINISH, ()))
-
-    # --- the process --------------------------------------------------------------------
-
-    def _put(self, event: Event) -> None:
-        self.events.append(event)
-        if len(self.events) >= self.batch_size:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.events:
-            return
-        batch, self.events = self.events, []
-        while True:
-            try:
-                self._batches.put(batch, timeout=1.0)
-                return
-            except queue.Full:
-                if not self._process.is_alive():
-                    self._lost(batch)
-                    return
-
-    def close(self) -> RecordingResult:
-        """Write what is left and wait for the writer process."""
-        self.flush()
-        if self._process.is_alive():
-            self._batches.put(None)
-        outcome = None
-        while self._process.is_alive() or self._results.poll():
-            if self._results.poll(0.5):
-                try:
-                    outcome = self._results.recv()
-                except EOFError:
-                    outcome = None
-                break
-        self._process.join(timeout=10)
-        self._batches.close()
-        self._batches.cancel_join_thread()
-        result = self.result
-        if outcome is None:
-            result.errors += 1
-            result.last_error = f"writer process ended (exit code {self._process.exitcode})"
-            return result
-        for kind, count in outcome.written.items():
-            result.written[kind] += count
-        result.errors += outcome.errors
-        result.last_error = outcome.last_error or result.last_error
-        result.counters = outcome.counters
-        result.kept = outcome.kept
-        return result
-
-    def _lost(self, batch: list[Event]) -> None:
-        self.result.errors += 1
-        self.result.last_error = f"writer process ended; {len(batch)} records not written"
-
-
-def _record_and_write(
-    engine: Engine,
-    recorder_args: dict[str, Any],
-    keep_summary: bool,
-    batches: Any,
-    results: Any,
-) -> None:
-    """The writer process: event batches until None, then a RecordingResult back."""
+def record_and_write(setup: Setup, batches: Any, results: Any) -> None:
+    """The writer process (recording.Recording starts it): connect, look up the site, load the
+    attributor, say Ready (or Failed), then record and insert event batches until None, and
+    send a RecordingResult back."""
     # Ctrl-C and SIGTERM go to the capture process, which stops and sends what is left.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    engine.dispose(close=False)  # the parent's pooled connections stay the parent's
-    inserter = _Inserter(engine)
+    try:
+        engine = make_engine(setup.database_url)
+        with Session(engine) as session:
+            timezone = None
+            if setup.site_code is not None:
+                site = session.scalar(select(Site).where(Site.code == setup.site_code))
+                if site is None:
+                    raise Invalid(f"no site {setup.site_code!r}")
+                timezone = site.timezone
+            attributor = load_attributor(session, site_code=setup.site_code)
+        inserter = _Inserter(engine)
+    except SchoolgateError as exc:
+        results.send(Failed(str(exc)))
+        return
+    except SQLAlchemyError as exc:
+        results.send(Failed(describe_database_error(exc)))
+        return
+    results.send(Ready(timezone))
+
     rows: Batch = {kind: [] for kind in TABLES}
     kept: dict[str, list[Row]] = {kind: [] for kind in SUMMARY_KINDS}
 
     def sink(kind: str, row: Row) -> None:
         rows[kind].append(row)
-        if keep_summary:
+        if setup.keep_summary:
             if kind == "flows":
                 if row[P2P_FIELD]:
                     kept["p2p_flows"].append(row)
@@ -248,7 +89,15 @@ def _record_and_write(
                 kept[kind].append(row)
 
     counters = Counters()
-    call = dispatcher(Recorder(sink, counters=counters, **recorder_args))
+    recorder = Recorder(
+        sink,
+        site_code=setup.site_code,
+        attributor=attributor,
+        categories=setup.categories,
+        visit_idle_gap=setup.visit_idle_gap,
+        counters=counters,
+    )
+    call = dispatcher(recorder)
     errors = 0
     last_error = None
     while True:
@@ -265,15 +114,49 @@ def _record_and_write(
         if written:
             inserter.write(written)
             rows = {kind: [] for kind in TABLES}
-    outcome = RecordingResult(
-        inserter.written,
-        inserter.errors + errors,
-        last_error or inserter.last_error,
-        {"dns": counters.dns, "visits": counters.visits, "alerts": counters.alerts},
-        kept,
+    names: dict[str, dict[int, str]] = {}
+    if setup.keep_summary:
+        try:
+            with Session(engine) as session:
+                names = summary_names(session, kept)
+        except SQLAlchemyError as exc:
+            errors += 1
+            last_error = describe_database_error(exc)
+    results.send(
+        RecordingResult(
+            inserter.written,
+            inserter.errors + errors,
+            last_error or inserter.last_error,
+            {"dns": counters.dns, "visits": counters.visits, "alerts": counters.alerts},
+            kept,
+            names,
+        )
     )
-    results.send(outcome)
     results.close()
+
+
+def summary_names(session: Session, kept: dict[str, list[Row]]) -> dict[str, dict[int, str]]:
+    """Device id -> "name (class)" and person id -> name, for the devices and people in the
+    summary's rows."""
+    device_ids: set[int] = set()
+    person_ids: set[int] = set()
+    for kind, rows in kept.items():
+        fields = FIELDS["flows" if kind == "p2p_flows" else kind]
+        device_at, person_at = fields.index("device_id"), fields.index("person_id")
+        device_ids.update(row[device_at] for row in rows if row[device_at])
+        person_ids.update(row[person_at] for row in rows if row[person_at])
+    devices = {
+        device_id: f"{name or mac} ({device_class.value})"
+        for device_id, name, mac, device_class in session.execute(
+            select(Device.id, Device.name, Device.mac, Device.device_class).where(
+                Device.id.in_(device_ids)
+            )
+        )
+    }
+    people = dict(
+        session.execute(select(Person.id, Person.name).where(Person.id.in_(person_ids))).all()
+    )
+    return {"devices": devices, "people": people}
 
 
 class _Inserter:

@@ -118,6 +118,27 @@ def test_monitor_run_bad_arguments_are_one_line_errors(westgate, run_cli, tmp_pa
     assert bad.returncode == 1
     assert "not a pcap" in bad.stderr
     assert "Traceback" not in bad.stderr
+    # The writer process finds these; the capture stops and nothing is written.
+    day = t.write(tmp_path / "day.pcap", t.school_day())
+    nowhere = run_cli("monitor", "run", "--read", str(day), "--site", "nowhere", check=False)
+    assert nowhere.returncode == 1
+    assert nowhere.stderr.strip() == "error: no site 'nowhere'"
+    empty = tmp_path / "empty.db"
+    unmigrated = run_cli(
+        "--database-url",
+        f"sqlite:///{empty}",
+        "monitor",
+        "run",
+        "--read",
+        str(day),
+        check=False,
+    )
+    assert unmigrated.returncode == 1
+    assert unmigrated.stderr.startswith("error: database: no such table")
+    assert "schoolgate db upgrade" in unmigrated.stderr
+    assert "Traceback" not in nowhere.stderr + unmigrated.stderr
+    counts = run_cli("export", "traffic", "--format", "jsonl").stdout
+    assert counts.strip() == ""
 
 
 def test_ip_reuse_is_attributed_by_time() -> None:

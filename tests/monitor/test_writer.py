@@ -29,8 +29,7 @@ def test_the_writer_process_records_what_the_engine_records_in_process(
             with session_factory() as session:
                 attributor = load_attributor(session, site_code="westgate")
                 result = run_monitor(
-                    engine,
-                    session,
+                    db_url,
                     read=capture,
                     site_code="westgate",
                     categories_dir=REPO / "deploy" / "categories",

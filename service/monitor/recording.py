@@ -1,0 +1,248 @@
+"""The capture side of the writer process: the recorder's calls (recorder.RecorderCalls) as event
+batches into a pipe, and what the process reports back.
+
+This module and everything the capture loop imports stay clear of SQLAlchemy and the models:
+the writer process imports them (writer.py) after the fork and connects to the database while
+the capture is already running, so a run's start-up costs one core a second less
+(bench/monitor_pcap.py). A problem it meets first (no such site, a database without tables)
+comes back as `Invalid` from `check()` before any row is written.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from service.errors import Invalid
+from service.monitor.categories import CategoryList
+from service.monitor.recorder import CALLS, FlowRecord
+from service.monitor.records import Row
+
+Event = tuple[int, tuple[Any, ...]]  # (index of the call in recorder.CALLS, its arguments)
+_FLOW, _DNS, _DHCP, _ARP, _TICK, _FINISH = range(len(CALLS))
+# What the writer process keeps of the rows for the run's closing summary.
+SUMMARY_KINDS = ("visits", "alerts", "p2p_flows")
+
+
+@dataclass
+class Setup:
+    """What the writer process needs besides the event batches."""
+
+    database_url: str
+    site_code: str | None = None
+    categories: CategoryList | None = None
+    visit_idle_gap: float = 300.0
+    keep_summary: bool = False
+
+
+@dataclass
+class Ready:
+    """The writer process's first message: it has the database, the site and the attributor."""
+
+    timezone: str | None  # the site's, when a site was named
+
+
+@dataclass
+class Failed:
+    """The writer process's first message when it cannot start: one line for the user."""
+
+    message: str
+
+
+@dataclass
+class RecordingResult:
+    written: dict[str, int]
+    errors: int
+    last_error: str | None
+    counters: dict[str, int] = field(default_factory=dict)  # the recorder's: dns, visits, alerts
+    kept: dict[str, list[Row]] = field(default_factory=dict)  # SUMMARY_KINDS -> rows
+    # For the summary: device id -> "name (class)", person id -> name.
+    names: dict[str, dict[int, str]] = field(default_factory=dict)
+
+
+class Recording:
+    """The recorder's calls from the capture loop, carried in batches to a writer process
+    (forked) that runs a `Recorder` and inserts its rows (writer.record_and_write). `close()`
+    returns the RecordingResult."""
+
+    def __init__(self, setup: Setup, *, batch_size: int = 5000) -> None:
+        self.batch_size = batch_size
+        self.events: list[Event] = []
+        self.ready: Ready | None = None
+        self.failed: str | None = None  # the writer process's Failed message
+        self.result = RecordingResult({}, 0, None)
+        context = multiprocessing.get_context("fork")
+        # Up to 64 batches wait (a burst, a slow database, or the process still starting);
+        # the queue's feeder thread pickles them into the pipe.
+        self._batches: multiprocessing.Queue[list[Event] | None] = context.Queue(64)
+        self._results, results_out = context.Pipe(duplex=False)
+        self._process = context.Process(
+            target=_writer_process,
+            args=(setup, self._batches, results_out),
+            name="monitor-writer",
+            daemon=True,
+        )
+        self._process.start()
+        results_out.close()
+
+    # --- recorder.RecorderCalls: one event each -------------------------------------------
+
+    def flow(self, record: FlowRecord) -> None:
+        self._put((_FLOW, (record,)))
+
+    def dns(
+        self,
+        ts: float,
+        client: bytes,
+        client_port: int,
+        server: bytes,
+        server_port: int,
+        trans_id: int,
+        query: str | None,
+        qtype: int | None,
+        rcode: int | None,
+        answers: list[str],
+        ttls: list[int],
+        addresses: list[str],
+        rtt: float | None,
+    ) -> None:
+        self._put(
+            (
+                _DNS,
+                (
+                    ts,
+                    client,
+                    client_port,
+                    server,
+                    server_port,
+                    trans_id,
+                    query,
+                    qtype,
+                    rcode,
+                    answers,
+                    ttls,
+                    addresses,
+                    rtt,
+                ),
+            )
+        )
+
+    def dhcp(
+        self,
+        ts: float,
+        msg_type: str,
+        mac: str,
+        ip: str | None,
+        is_lease: bool,
+        hostname: str | None,
+        lease_seconds: int | None,
+        requested_ip: str | None,
+    ) -> None:
+        self._put((_DHCP, (ts, msg_type, mac, ip, is_lease, hostname, lease_seconds, requested_ip)))
+
+    def arp(self, ts: float, sender_ip: bytes, sender_mac: bytes, opcode: int) -> None:
+        self._put((_ARP, (ts, sender_ip, sender_mac, opcode)))
+
+    def tick(self, now: float) -> None:
+        self._put((_TICK, (now,)))
+
+    def finish(self) -> None:
+        self._put((_FINISH, ()))
+
+    # --- the process --------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise Invalid if the writer process could not start (no such site, no database);
+        note its Ready. Cheap: call it between blocks of packets."""
+        if self.ready is not None:
+            return
+        if not self._results.poll():
+            if not self._process.is_alive() and not self._results.poll():
+                self._fail(f"the writer process ended (exit code {self._process.exitcode})")
+            return
+        try:
+            message = self._results.recv()
+        except EOFError:
+            message = Failed(f"the writer process ended (exit code {self._process.exitcode})")
+        if isinstance(message, Failed):
+            self._fail(message.message)
+        self.ready = message
+
+    def _fail(self, message: str) -> NoReturn:
+        self.failed = message
+        self._stop()
+        raise Invalid(message)
+
+    def _put(self, event: Event) -> None:
+        self.events.append(event)
+        if len(self.events) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.events or self.failed is not None:
+            return
+        batch, self.events = self.events, []
+        while True:
+            try:
+                self._batches.put(batch, timeout=1.0)
+                return
+            except queue.Full:
+                if not self._process.is_alive():
+                    self._lost(batch)
+                    return
+
+    def close(self) -> RecordingResult:
+        """Write what is left and wait for the writer process; Invalid if it never started."""
+        if self.failed is not None:
+            raise Invalid(self.failed)
+        self.flush()
+        if self._process.is_alive():
+            self._batches.put(None)
+        outcome = None
+        while self._process.is_alive() or self._results.poll():
+            if self._results.poll(0.5):
+                try:
+                    message = self._results.recv()
+                except EOFError:
+                    break
+                if isinstance(message, Failed):
+                    self._fail(message.message)
+                if isinstance(message, Ready):
+                    self.ready = message
+                    continue
+                outcome = message
+                break
+        self._stop()
+        result = self.result
+        if outcome is None:
+            result.errors += 1
+            result.last_error = f"writer process ended (exit code {self._process.exitcode})"
+            return result
+        result.written = outcome.written
+        result.errors += outcome.errors
+        result.last_error = outcome.last_error or result.last_error
+        result.counters = outcome.counters
+        result.kept = outcome.kept
+        result.names = outcome.names
+        return result
+
+    def _stop(self) -> None:
+        self._process.join(timeout=10)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(timeout=5)
+        self._batches.close()
+        self._batches.cancel_join_thread()
+
+    def _lost(self, batch: list[Event]) -> None:
+        self.result.errors += 1
+        self.result.last_error = f"writer process ended; {len(batch)} records not written"
+
+
+def _writer_process(setup: Setup, batches: Any, results: Any) -> None:
+    """Entry of the forked writer process: the database side is imported here, not before."""
+    from service.monitor.writer import record_and_write
+
+    record_and_write(setup, batches, results)
