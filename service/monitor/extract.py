@@ -79,17 +79,17 @@ def _name(data: bytes, pos: int) -> tuple[str, int]:
     return b".".join(labels).decode("ascii", "replace"), (after if after >= 0 else pos)
 
 
-_ADDRESS_TEXT: dict[bytes, str] = {}
+ADDRESS_TEXT: dict[bytes, str] = {}
 
 
 def address_text(raw: bytes) -> str:
     """4 or 16 address bytes as text, cached (DNS answers and flows name the same few
     thousand addresses over and over)."""
-    text = _ADDRESS_TEXT.get(raw)
+    text = ADDRESS_TEXT.get(raw)
     if text is None:
-        if len(_ADDRESS_TEXT) > 65536:
-            _ADDRESS_TEXT.clear()
-        text = _ADDRESS_TEXT[raw] = str(ipaddress.ip_address(raw))
+        if len(ADDRESS_TEXT) > 65536:
+            ADDRESS_TEXT.clear()
+        text = ADDRESS_TEXT[raw] = str(ipaddress.ip_address(raw))
     return text
 
 

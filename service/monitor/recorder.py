@@ -11,8 +11,7 @@ engine calls it directly; either way it sees the same calls in the same order.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from service.monitor import extract
 from service.monitor.attribution import Attributor
@@ -20,6 +19,7 @@ from service.monitor.categories import CategoryList
 from service.monitor.records import Counters, Due, Sink
 
 _ip_text = extract.address_text
+_TEXT = extract.ADDRESS_TEXT  # its cache, read first on the per-flow path
 _PROTO_NAMES = {6: "tcp", 17: "udp"}
 
 # A finished flow as the engine hands it over: (first, last, proto, orig address bytes,
@@ -274,8 +274,8 @@ class Recorder:
             p2p,
             info_hash,
         ) = record
-        orig = _ip_text(orig_raw)
-        resp = _ip_text(resp_raw)
+        orig = _TEXT.get(orig_raw) or _ip_text(orig_raw)
+        resp = _TEXT.get(resp_raw) or _ip_text(resp_raw)
         who = self.attributor.who(orig, first)
         client, server = orig, resp
         if who[0] is None:
@@ -457,14 +457,5 @@ class Recorder:
             self._emit_visit(site_key, visit)
 
 
-def dispatcher(recorder: Recorder) -> Callable[[int, tuple[Any, ...]], None]:
-    """`call(code, args)` for the events `writer.Recording` batches (code: index in CALLS)."""
-    methods = [getattr(recorder, name) for name in CALLS]
-
-    def call(code: int, args: tuple[Any, ...]) -> None:
-        methods[code](*args)
-
-    return call
-
-
+# The calls by number, as recording.Recording sends them (writer.record_and_write).
 CALLS = ("flow", "dns", "dhcp", "arp", "tick", "finish")

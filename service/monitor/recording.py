@@ -228,6 +228,12 @@ class Recording:
         result.names = outcome.names
         return result
 
+    def abandon(self) -> None:
+        """Stop the writer process without writing anything (the capture could not start)."""
+        self.failed = self.failed or "abandoned"
+        self._process.terminate()
+        self._stop()
+
     def _stop(self) -> None:
         self._process.join(timeout=10)
         if self._process.is_alive():

@@ -13,14 +13,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from service.monitor.capture import CaptureStats, LiveCapture, feed_file
+from service.errors import Invalid
 from service.monitor.categories import load_categories
 from service.monitor.engine import Monitor
 from service.monitor.parser import LINK_ETHERNET
 from service.monitor.recording import Recording, Setup
 from service.monitor.records import with_datetimes
+
+if TYPE_CHECKING:  # scapy is imported once the writer process has been forked (see _run)
+    from service.monitor.capture import CaptureStats, LiveCapture
 
 
 @dataclass
@@ -62,11 +65,9 @@ def run_monitor(
         visit_idle_gap=visit_idle_gap,
         keep_summary=keep_summary,
     )
-    result = RunResult({}, CaptureStats(), {}, 0, None, 0.0)
     with _fewer_collections():
         return _run(
             setup,
-            result,
             read=read,
             interface=interface,
             bpf=bpf,
@@ -93,7 +94,6 @@ def _fewer_collections() -> Iterator[None]:
 
 def _run(
     setup: Setup,
-    result: RunResult,
     *,
     read: Path | None,
     interface: str | None,
@@ -101,13 +101,20 @@ def _run(
     duration: float | None,
     max_packets: int | None,
 ) -> RunResult:
-    stats = result.capture
-    if read is not None:
-        # Opens the file now: a bad one is refused before the writer process starts. The
-        # monitor it feeds is made below, before the first record.
-        blocks = feed_file(read, stats, lambda linktype: monitor.handler(linktype))  # noqa: PLW0108
+    # The writer process first: it imports the database side and connects while this one
+    # imports scapy and opens the capture.
     writer = Recording(setup)
     monitor = Monitor(recorder=writer)
+    try:
+        from service.monitor.capture import CaptureStats, LiveCapture, feed_file
+
+        result = RunResult({}, CaptureStats(), {}, 0, None, 0.0)
+        stats = result.capture
+        if read is not None:
+            blocks = feed_file(read, stats, monitor.handler)
+    except Invalid:
+        writer.abandon()
+        raise
     started = time.perf_counter()
     stop = {"now": False}
 

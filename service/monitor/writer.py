@@ -33,7 +33,7 @@ from service.models.traffic import (
     TrafficVisit,
 )
 from service.monitor.attribution import load_attributor
-from service.monitor.recorder import Recorder, dispatcher
+from service.monitor.recorder import CALLS, Recorder
 from service.monitor.recording import SUMMARY_KINDS, Failed, Ready, RecordingResult, Setup
 from service.monitor.records import FIELDS, P2P_FIELD, Counters, Row, with_datetimes
 
@@ -97,7 +97,7 @@ def record_and_write(setup: Setup, batches: Any, results: Any) -> None:
         visit_idle_gap=setup.visit_idle_gap,
         counters=counters,
     )
-    call = dispatcher(recorder)
+    calls = [getattr(recorder, name) for name in CALLS]
     errors = 0
     last_error = None
     while True:
@@ -106,7 +106,7 @@ def record_and_write(setup: Setup, batches: Any, results: Any) -> None:
             break
         try:
             for code, args in batch:
-                call(code, args)
+                calls[code](*args)
         except Exception as exc:  # noqa: BLE001  (counted; what was recorded is still written)
             errors += 1
             last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
