@@ -148,13 +148,7 @@ def _pcap(reader: RawPcapReader, stats: CaptureStats, emit: FrameHandler) -> Ite
             pos = stop
         stats.records += count
         yield
-    if end - pos >= 16:  # the file ends inside the last record
-        sec, frac, caplen, _wirelen = header(buf, pos)
-        data = buf[pos + 16 : pos + 16 + min(caplen, _MAX_DATA)]
-        stats.records += 1
-        if len(data) < caplen:
-            stats.truncated_records += 1
-        emit(sec + frac / divisor, data, 0, len(data))
+    if _cut_short(buf, pos, header, divisor, stats, emit):
         yield
 
 
@@ -175,7 +169,7 @@ def _mapped(file: object) -> mmap.mmap | None:
 def _pcap_mapped(
     buf: mmap.mmap,
     pos: int,
-    header: Callable[[mmap.mmap, int], tuple[int, int, int, int]],
+    header: Callable[[FrameBuffer, int], tuple[int, int, int, int]],
     divisor: float,
     stats: CaptureStats,
     emit: FrameHandler,
@@ -202,14 +196,29 @@ def _pcap_mapped(
             count = 0
             yield
     stats.records += count
-    if end - pos >= 16:
-        sec, frac, caplen, _wirelen = header(buf, pos)
-        data = buf[pos + 16 : pos + 16 + min(caplen, max_data)]
-        stats.records += 1
-        if len(data) < caplen:
-            stats.truncated_records += 1
-        emit(sec + frac / divisor, data, 0, len(data))
+    _cut_short(buf, pos, header, divisor, stats, emit)
     yield
+
+
+def _cut_short(
+    buf: FrameBuffer,
+    pos: int,
+    header: Callable[[FrameBuffer, int], tuple[int, int, int, int]],
+    divisor: float,
+    stats: CaptureStats,
+    emit: FrameHandler,
+) -> bool:
+    """The file ends inside the record at `pos`: what there is of it (if its header is
+    whole), counted as truncated when short, as scapy's reader gives it."""
+    if len(buf) - pos < 16:
+        return False
+    sec, frac, caplen, _wirelen = header(buf, pos)
+    data = buf[pos + 16 : pos + 16 + min(caplen, _MAX_DATA)]
+    stats.records += 1
+    if len(data) < caplen:
+        stats.truncated_records += 1
+    emit(sec + frac / divisor, data, 0, len(data))
+    return True
 
 
 class _Readable(Protocol):

@@ -49,10 +49,10 @@ Who3 = tuple[str | None, int | None, int | None]  # (mac, device id, person id)
 
 
 class RecorderCalls(Protocol):
-    """What the engine calls: a `Recorder` itself, or `writer.Recording` that carries the
-    calls to a recorder in the writer process."""
+    """What the engine calls, always by position: a `Recorder` itself, or
+    `recording.Recording`, which carries the calls to a recorder in the writer process."""
 
-    def flow(self, record: FlowRecord) -> None: ...
+    def flow(self, record: FlowRecord, /) -> None: ...
 
     def dns(
         self,
@@ -69,6 +69,7 @@ class RecorderCalls(Protocol):
         ttls: list[int],
         addresses: list[str],
         rtt: float | None,
+        /,
     ) -> None: ...
 
     def dhcp(
@@ -81,11 +82,12 @@ class RecorderCalls(Protocol):
         hostname: str | None,
         lease_seconds: int | None,
         requested_ip: str | None,
+        /,
     ) -> None: ...
 
-    def arp(self, ts: float, sender_ip: bytes, sender_mac: bytes, opcode: int) -> None: ...
+    def arp(self, ts: float, sender_ip: bytes, sender_mac: bytes, opcode: int, /) -> None: ...
 
-    def tick(self, now: float) -> None: ...
+    def tick(self, now: float, /) -> None: ...
 
     def finish(self) -> None: ...
 

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from service.errors import Invalid
 from service.monitor.categories import CategoryList
-from service.monitor.recorder import CALLS, FlowRecord
+from service.monitor.recorder import CALLS
 from service.monitor.records import Row
 
 Event = tuple[int, tuple[Any, ...]]  # (index of the call in recorder.CALLS, its arguments)
@@ -87,66 +87,22 @@ class Recording:
         self._process.start()
         results_out.close()
 
-    # --- recorder.RecorderCalls: one event each -------------------------------------------
+    # --- recorder.RecorderCalls (typed there): one event each ------------------------------
 
-    def flow(self, record: FlowRecord) -> None:
-        self._put((_FLOW, (record,)))
+    def flow(self, *args: Any) -> None:
+        self._put((_FLOW, args))
 
-    def dns(
-        self,
-        ts: float,
-        client: bytes,
-        client_port: int,
-        server: bytes,
-        server_port: int,
-        trans_id: int,
-        query: str | None,
-        qtype: int | None,
-        rcode: int | None,
-        answers: list[str],
-        ttls: list[int],
-        addresses: list[str],
-        rtt: float | None,
-    ) -> None:
-        self._put(
-            (
-                _DNS,
-                (
-                    ts,
-                    client,
-                    client_port,
-                    server,
-                    server_port,
-                    trans_id,
-                    query,
-                    qtype,
-                    rcode,
-                    answers,
-                    ttls,
-                    addresses,
-                    rtt,
-                ),
-            )
-        )
+    def dns(self, *args: Any) -> None:
+        self._put((_DNS, args))
 
-    def dhcp(
-        self,
-        ts: float,
-        msg_type: str,
-        mac: str,
-        ip: str | None,
-        is_lease: bool,
-        hostname: str | None,
-        lease_seconds: int | None,
-        requested_ip: str | None,
-    ) -> None:
-        self._put((_DHCP, (ts, msg_type, mac, ip, is_lease, hostname, lease_seconds, requested_ip)))
+    def dhcp(self, *args: Any) -> None:
+        self._put((_DHCP, args))
 
-    def arp(self, ts: float, sender_ip: bytes, sender_mac: bytes, opcode: int) -> None:
-        self._put((_ARP, (ts, sender_ip, sender_mac, opcode)))
+    def arp(self, *args: Any) -> None:
+        self._put((_ARP, args))
 
-    def tick(self, now: float) -> None:
-        self._put((_TICK, (now,)))
+    def tick(self, *args: Any) -> None:
+        self._put((_TICK, args))
 
     def finish(self) -> None:
         self._put((_FINISH, ()))

@@ -30,15 +30,19 @@ def _python(code: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_help_lists_every_command() -> None:
-    shown = subprocess.run(
-        [sys.executable, "-m", "service", "--help"],
+def _help(*command: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "service", *command, "--help"],
         capture_output=True,
         text=True,
         timeout=60,
         env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
         check=True,
     ).stdout
+
+
+def test_help_lists_every_command() -> None:
+    shown = _help()
     for name in COMMANDS:
         assert f" {name} " in shown, name
 
@@ -58,14 +62,7 @@ def test_monitor_run_reaches_the_capture_without_the_database_libraries() -> Non
 
 
 def test_a_group_extended_by_another_area_has_all_its_commands() -> None:
-    shown = subprocess.run(
-        [sys.executable, "-m", "service", "device", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
-        check=True,
-    ).stdout
+    shown = _help("device")
     assert " disconnect " in shown
     assert " add " in shown
 
