@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from service.monitor import extract
+from service.monitor import extract, parser
 from service.monitor.attribution import Attributor
 from service.monitor.categories import CategoryList
 from service.monitor.records import Counters, Due, Sink
 
 _ip_text = extract.address_text
 _TEXT = extract.ADDRESS_TEXT  # its cache, read first on the per-flow path
-_PROTO_NAMES = {6: "tcp", 17: "udp"}
+_PROTO_NAMES = {parser.PROTO_TCP: "tcp", parser.PROTO_UDP: "udp"}
 
 # A finished flow as the engine hands it over: (first, last, proto, orig address bytes,
 # orig port, resp address bytes, resp port, vlan, orig packets, orig bytes, resp packets,

@@ -116,15 +116,18 @@ class Recording:
             return
         if not self._results.poll():
             if not self._process.is_alive() and not self._results.poll():
-                self._fail(f"the writer process ended (exit code {self._process.exitcode})")
+                self._fail(self._ended())
             return
         try:
             message = self._results.recv()
         except EOFError:
-            message = Failed(f"the writer process ended (exit code {self._process.exitcode})")
+            message = Failed(self._ended())
         if isinstance(message, Failed):
             self._fail(message.message)
         self.ready = message
+
+    def _ended(self) -> str:
+        return f"the writer process ended (exit code {self._process.exitcode})"
 
     def _fail(self, message: str) -> NoReturn:
         self.failed = message
@@ -174,7 +177,7 @@ class Recording:
         result = self.result
         if outcome is None:
             result.errors += 1
-            result.last_error = f"writer process ended (exit code {self._process.exitcode})"
+            result.last_error = self._ended()
             return result
         result.written = outcome.written
         result.errors += outcome.errors
