@@ -7,15 +7,16 @@ import csv
 import io
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from service import audit, enforcement
 from service.enums import AuditTag, DeviceClass, DeviceStatus, IncidentKind
 from service.errors import Conflict, Invalid, NotFound
 from service.mac import normalize_mac
-from service.models import Approval, Device, Incident, Person, utcnow
+from service.models import Approval, Device, Incident, Person, Site, utcnow
 from service.people import find_person
 from service.sites import get_site
 
@@ -351,3 +352,91 @@ def exit_device(session: Session, *, mac: str, actor: str, reason: str | None = 
     device.needs_reassignment = False
     session.flush()
     return device
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSummary:
+    """One row of the device register with its site and owner, as listings show it."""
+
+    id: int
+    mac: str
+    site: str
+    device_class: DeviceClass
+    status: DeviceStatus
+    status_reason: str | None
+    owner_id: int | None
+    owner_name: str | None
+    owner_email: str | None
+    owner_username: str | None
+    owner_role: str | None
+    asset_tag: str | None
+    name: str | None
+    needs_reassignment: bool
+    created_at: datetime
+    status_changed_at: datetime | None
+
+    @property
+    def owner_ref(self) -> str | None:
+        """How the owner is named to an admin: email, else username, else name."""
+        return self.owner_email or self.owner_username or self.owner_name
+
+
+def find_device(*, session: Session, mac: str) -> Device | None:
+    """The device with this MAC (any common form), or None when it is not registered."""
+    return session.scalar(select(Device).where(Device.mac == normalize_mac(mac)))
+
+
+def list_devices(
+    *,
+    session: Session,
+    site: str | None = None,
+    mac: str | None = None,
+    asset_tag: str | None = None,
+    owner: str | None = None,
+    status: DeviceStatus | str | None = None,
+    device_class: DeviceClass | str | None = None,
+) -> list[DeviceSummary]:
+    """The register filtered by any of site, MAC, asset tag, owner (email, username or name)
+    and status, ordered by site and MAC: one query, whatever the number of rows."""
+    query = (
+        select(Device, Site.code, Person)
+        .join(Site, Device.site_id == Site.id)
+        .outerjoin(Person, Device.owner_id == Person.id)
+        .order_by(Site.code, Device.mac)
+    )
+    if site:
+        query = query.where(Site.code == site)
+    if mac:
+        query = query.where(Device.mac == normalize_mac(mac))
+    if asset_tag:
+        query = query.where(Device.asset_tag == asset_tag)
+    if owner:
+        query = query.where(
+            or_(Person.email == owner.lower(), Person.username == owner, Person.name == owner)
+        )
+    if status:
+        query = query.where(Device.status == DeviceStatus(status))
+    if device_class:
+        cls = device_class if isinstance(device_class, DeviceClass) else parse_class(device_class)
+        query = query.where(Device.device_class == cls)
+    return [
+        DeviceSummary(
+            id=device.id,
+            mac=device.mac,
+            site=code,
+            device_class=device.device_class,
+            status=device.status,
+            status_reason=device.status_reason,
+            owner_id=device.owner_id,
+            owner_name=person.name if person else None,
+            owner_email=person.email if person else None,
+            owner_username=person.username if person else None,
+            owner_role=person.role.value if person else None,
+            asset_tag=device.asset_tag,
+            name=device.name,
+            needs_reassignment=device.needs_reassignment,
+            created_at=device.created_at,
+            status_changed_at=device.status_changed_at,
+        )
+        for device, code, person in session.execute(query)
+    ]

@@ -10,14 +10,15 @@ dispatcher knows, so here they are queued as kind `coa` ("apply the new decision
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import delete, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
 from service.enums import Access
@@ -408,3 +409,59 @@ def purge(session: Session, settings: Settings, now: datetime) -> dict[str, int]
 
 
 EXPORTS: dict[str, Exporter] = {"coa": export_coa}
+
+
+class CoaSender(Protocol):
+    """What sends queued requests to the NAS: the UDP sender in `radius.coa`, or the null one.
+
+    Chosen once from settings by the process that starts an adapter
+    (`radius.coa.sender_for(settings)`) and handed to the CLI, the portal and the API.
+    INTERIM (service-layer issue): the state machine still runs in radius.coa; it moves here.
+    """
+
+    def send_queued(
+        self,
+        session_factory: sessionmaker[Session],
+        settings: Settings,
+        *,
+        device_ids: Iterable[int] | None,
+        deadline: float,
+    ) -> int: ...
+
+
+class NullCoaSender:
+    """Sends nothing: requests stay queued for a dispatcher elsewhere (CoA disabled)."""
+
+    def send_queued(
+        self,
+        session_factory: sessionmaker[Session],  # noqa: ARG002
+        settings: Settings,  # noqa: ARG002
+        *,
+        device_ids: Iterable[int] | None,  # noqa: ARG002
+        deadline: float,  # noqa: ARG002
+    ) -> int:
+        return 0
+
+
+def send_queued(
+    *,
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    sender: CoaSender,
+    device_ids: Iterable[int] | None = None,
+    deadline: float = 2.0,
+) -> int:
+    """After a change commits: send what it queued now, for up to `deadline` seconds.
+
+    Adapters call this after their commit; rows still waiting at the deadline are taken up by
+    the long-running dispatcher. Never raises: the change is committed already.
+    """
+    if not settings.coa_enabled:
+        return 0
+    try:
+        return sender.send_queued(
+            session_factory, settings, device_ids=device_ids, deadline=deadline
+        )
+    except Exception:  # the change is committed; the server's dispatcher will retry
+        logging.getLogger("schoolgate.coa").exception("sending CoA after the change failed")
+        return 0
