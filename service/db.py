@@ -11,6 +11,11 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+# What adapters name in type hints: they take a session and hand it to service functions, and
+# never import SQLAlchemy themselves (docs/ARCHITECTURE.md).
+SessionFactory = sessionmaker[Session]
+__all__ = ["Engine", "Session", "SessionFactory"]
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 

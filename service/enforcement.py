@@ -162,15 +162,20 @@ def watch(
     site_ids: Iterable[int] | None = None,
     reason: str,
     actor: str | None = None,
+    now: datetime | None = None,
 ) -> Iterator[None]:
-    """Queue CoA / Disconnect for the open sessions whose decision the wrapped change alters."""
+    """Queue CoA / Disconnect for the open sessions whose decision the wrapped change alters.
+
+    `now`: the moment the caller decided the change at (the portal's clock), so "before" and
+    "after" are decided at that moment.
+    """
     device_ids = list(device_ids or ())
     macs = list(macs or ())
     site_ids = list(site_ids or ())
     session.flush()
     mac_set, codes = _scope(session, device_ids, macs, site_ids)
     sessions = _open_sessions(session, mac_set, codes)
-    now = _decision_time(session)
+    now = now or _decision_time(session)
     before = _decisions(session, sessions, now)
     yield
     session.flush()
