@@ -1,6 +1,8 @@
 """What every route shares, declared once: the app-wide `Portal` (on `app.state.portal`,
-built by `create_app`) and the `Annotated` dependencies routes ask for by type, as the FastAPI
-full-stack template's `api/deps.py` does (`SessionDep`, `CurrentUser`).
+built by `create_app`: settings, clock, signer, rate limiter, OIDC provider, CoA sender,
+templates) and the `Annotated` dependencies routes ask for by type, as the FastAPI
+full-stack template's `api/deps.py` does (`SessionDep`, `CurrentUser`): `PortalDep`,
+`SessionDep` (the admin API's transaction) and `SeenClientDep` (the device behind the request).
 
 Pages open their own short transactions through `Portal.db()` (a page may need two: the
 change, then the page showing its errors); the admin API takes one per request (`SessionDep`).
@@ -127,26 +129,6 @@ def get_portal(request: Request) -> Portal:
 PortalDep = Annotated[Portal, Depends(get_portal)]
 
 
-def get_settings(portal: PortalDep) -> Settings:
-    return portal.settings
-
-
-def get_clock(portal: PortalDep) -> Callable[[], datetime]:
-    return portal.clock
-
-
-def get_signer(portal: PortalDep) -> Signer:
-    return portal.signer
-
-
-def get_oidc(portal: PortalDep) -> OidcSignIn | None:
-    return portal.oidc
-
-
-def get_coa_sender(portal: PortalDep) -> CoaSender:
-    return portal.coa_sender
-
-
 def get_session(request: Request, portal: PortalDep) -> Iterator[Session]:
     """One transaction per API request; after a POST commits, the CoA it queued is sent."""
     with portal.db() as session:
@@ -155,11 +137,6 @@ def get_session(request: Request, portal: PortalDep) -> Iterator[Session]:
         portal.send_coa()
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-ClockDep = Annotated[Callable[[], datetime], Depends(get_clock)]
-SignerDep = Annotated[Signer, Depends(get_signer)]
-OidcDep = Annotated[OidcSignIn | None, Depends(get_oidc)]
-CoaSenderDep = Annotated[CoaSender, Depends(get_coa_sender)]
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
