@@ -8,8 +8,8 @@ redirect, and a stolen `code` cannot be redeemed by whoever watches the redirect
 
 The ID token comes straight from the token endpoint; it is still checked in full: signature
 against the provider's JWKS (asymmetric algorithms only), issuer, audience, `azp`, expiry and the
-nonce. The person is the schoolgate `Person` with the token's verified `email`, who must be
-active staff.
+nonce. The person is the schoolgate person with the token's verified `email`, who must be
+active staff (`service.signin.staff_by_email`).
 """
 
 from __future__ import annotations
@@ -27,14 +27,12 @@ from urllib.parse import quote, urlencode, urlparse
 
 import httpx
 import jwt
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from portal.tokens import Signer
 from service.config import Settings
-from service.enums import Role
+from service.db import Session
 from service.errors import Invalid, SchoolgateError
-from service.models import Person
+from service.signin import SignInRefused, StaffMember, staff_by_email
 
 STATE_MAX_AGE = 600  # seconds from "Sign in with ..." to the callback
 DISCOVERY_TTL = 3600.0
@@ -52,16 +50,11 @@ ISSUER_ALIASES = {
 }
 
 
+__all__ = ["OidcSignIn", "ProviderUnavailable", "SignInRefused"]
+
+
 class ProviderUnavailable(SchoolgateError):
     """The provider did not answer, or answered with something that is not OIDC."""
-
-
-class SignInRefused(Invalid):
-    """The sign-in cannot be accepted: the message is for the person, `reason` for the log."""
-
-    def __init__(self, message: str, reason: str | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason or message
 
 
 def _b64(data: bytes) -> str:
@@ -363,7 +356,7 @@ class OidcSignIn:
         return None
 
     # ------------------------------------------------------------ who is it
-    def person_for(self, session: Session, claims: Mapping[str, Any]) -> Person:
+    def person_for(self, session: Session, claims: Mapping[str, Any]) -> StaffMember:
         """The active staff member with the token's verified email."""
         email = str(claims.get("email") or "").strip().lower()
         if "@" not in email:
@@ -386,14 +379,4 @@ class OidcSignIn:
                 f"{self.name} has not verified the email address {email}: ask the IT office",
                 f"{email}: email not verified",
             )
-        person = session.scalar(select(Person).where(Person.email == email))
-        if person is None:
-            raise SignInRefused(
-                f"no staff member with the email {email} is registered here: ask the IT office",
-                f"{email}: no such person",
-            )
-        if not person.active:
-            raise SignInRefused("this account is no longer active", f"{email}: not active")
-        if person.role is not Role.STAFF:
-            raise SignInRefused("only staff register their own devices here", f"{email}: not staff")
-        return person
+        return staff_by_email(session=session, email=email)

@@ -1,7 +1,7 @@
 """Controller redirect parameters, one adapter per vendor.
 
 What they give is a claim: the portal checks the MAC against the accounting session for the
-client's IP (see `portal.identify`) and never trusts it alone.
+client's IP (see `service.clients.client_for_ip`) and never trusts it alone.
 """
 
 from __future__ import annotations

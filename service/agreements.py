@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, or_, select
@@ -178,3 +179,50 @@ def sign_agreement(
             },
         )
     return signature
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureRow:
+    """One signature with its agreement's kind and version, as the admin API lists it."""
+
+    id: int
+    kind: AgreementKind
+    version: int
+    agreement_sha256: str
+    typed_name: str
+    organisation: str | None
+    visiting: str | None
+    device: str | None  # the device's MAC
+    person_id: int | None
+    signed_at: datetime
+    valid_until: datetime | None
+    client_ip: str | None
+    source: SignatureSource
+
+
+def list_signatures(*, session: Session) -> list[SignatureRow]:
+    """Every signature, oldest first: one query."""
+    rows = session.execute(
+        select(Signature, Agreement.kind, Agreement.version, Device.mac)
+        .join(Agreement, Agreement.id == Signature.agreement_id)
+        .outerjoin(Device, Device.id == Signature.device_id)
+        .order_by(Signature.signed_at)
+    )
+    return [
+        SignatureRow(
+            id=sig.id,
+            kind=kind,
+            version=version,
+            agreement_sha256=sig.agreement_sha256,
+            typed_name=sig.typed_name,
+            organisation=sig.organisation,
+            visiting=sig.visiting,
+            device=mac,
+            person_id=sig.person_id,
+            signed_at=sig.signed_at,
+            valid_until=sig.valid_until,
+            client_ip=sig.client_ip,
+            source=sig.source,
+        )
+        for sig, kind, version, mac in rows
+    ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import typer
-from sqlalchemy import select
 
 from service.cli.common import JsonOption, get_state, print_json, print_rows
 
@@ -25,6 +24,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve the captive portal and /api/v1 with uvicorn."""
         from portal.serve import run_portal
+        from radius.coa.sender import sender_for
 
         state = get_state(ctx)
         run_portal(
@@ -33,6 +33,7 @@ def register(app: typer.Typer) -> None:
             port=port,
             trusted_proxy=trusted_proxy,
             session_factory=state.session_factory(),
+            coa_sender=sender_for(state.settings),
         )
 
     @token_app.command("create")
@@ -45,12 +46,12 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JsonOption,
     ) -> None:
         """Create a token; its secret is printed once."""
-        from portal.api import create_token
+        from service.tokens import create_token
 
         state = get_state(ctx)
         with state.transaction() as session:
-            row, secret = create_token(session, name=name, scopes=scope, actor=state.actor)
-            data = {"id": row.id, "name": row.name, "scopes": row.scopes, "token": secret}
+            info, secret = create_token(session=session, name=name, scopes=scope, actor=state.actor)
+            data = {"id": info.id, "name": info.name, "scopes": info.scopes, "token": secret}
         if as_json:
             print_json(data)
         else:
@@ -60,7 +61,7 @@ def register(app: typer.Typer) -> None:
     @token_app.command("list")
     def list_tokens(ctx: typer.Context, as_json: bool = JsonOption) -> None:
         """List tokens (never their secrets)."""
-        from service.models.portal import ApiToken
+        from service.tokens import list_tokens as token_rows
 
         state = get_state(ctx)
         with state.reading() as session:
@@ -75,7 +76,7 @@ def register(app: typer.Typer) -> None:
                     "last_used_at": t.last_used_at.isoformat() if t.last_used_at else None,
                     "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None,
                 }
-                for t in session.scalars(select(ApiToken).order_by(ApiToken.id))
+                for t in token_rows(session=session)
             ]
         print_rows(
             rows,
@@ -89,11 +90,11 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context, token_id: int = typer.Argument(..., help="The token's id.")
     ) -> None:
         """Revoke a token at once."""
-        from portal.api import revoke_token
+        from service.tokens import revoke_token
 
         state = get_state(ctx)
         with state.transaction() as session:
-            revoke_token(session, token_id)
+            revoke_token(session=session, token_id=token_id, actor=state.actor)
         typer.echo(f"token {token_id} revoked")
 
     app.add_typer(portal_app, name="portal")

@@ -146,6 +146,7 @@ def serve_all(
 ) -> None:
     """Start RADIUS, call `on_ready`, then serve the portal in the foreground until Ctrl-C."""
     from portal.serve import run_portal
+    from radius.coa.sender import sender_for
     from service.db import make_engine, make_session_factory
 
     if not 0 < where.portal_port < 65536:
@@ -167,6 +168,7 @@ def serve_all(
             host=where.host,
             port=where.portal_port,
             session_factory=make_session_factory(engine),
+            coa_sender=sender_for(settings),
         )
     finally:
         stop_child(radius)

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from portal.api import create_token
 from service.db import transaction
+from service.tokens import create_token
 from tests.conftest import RunCli
 from tests.portal.conftest import Connect
 
@@ -19,7 +19,7 @@ Clients = Callable[[str], TestClient]
 
 def token(session_factory: sessionmaker[Session], *scopes: str) -> dict[str, str]:
     with transaction(session_factory) as session:
-        _, secret = create_token(session, name="t", scopes=list(scopes), actor="test")
+        _, secret = create_token(session=session, name="t", scopes=list(scopes), actor="test")
     return {"Authorization": f"Bearer {secret}"}
 
 

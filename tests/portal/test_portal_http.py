@@ -339,9 +339,9 @@ def test_staff_registers_device_pending_then_approved_by_api(
         assert decide_for_mac(session, PRIVATE_PHONE, now=NOW).access is Access.REGISTRATION
     # the IT admin approves through the admin API
     with transaction(session_factory) as session:
-        from portal.api import create_token
+        from service.tokens import create_token
 
-        _, secret = create_token(session, name="it", scopes=["devices:write"], actor="test")
+        _, secret = create_token(session=session, name="it", scopes=["devices:write"], actor="test")
     approved = client.post(
         f"/api/v1/devices/{PRIVATE_PHONE}/approve", headers={"Authorization": f"Bearer {secret}"}
     )

@@ -1,4 +1,5 @@
-"""Who is this device? What the network saw for the client's IP, checked against the claim."""
+"""Clients on the network: which device is behind an IP (what the portal asks first), and the
+accounting sessions an admin lists."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from service.errors import SchoolgateError
 from service.models import AccountingSession, NasClient, Site
+from service.models.traffic import TrafficBinding
 
 log = logging.getLogger("schoolgate.portal")
 
@@ -23,7 +25,7 @@ class Mismatch(SchoolgateError):
     """The controller's redirect named a different MAC from the one the network saw."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Client:
     ip: str
     mac: str
@@ -33,10 +35,15 @@ class Client:
     nas_port_id: str | None
 
 
-def identify(session: Session, ip: str, claimed_mac: str | None = None) -> Client:
-    """The device behind `ip`, from its open accounting session (newest first).
+def client_for_ip(
+    *, session: Session, ip: str, claimed_mac: str | None = None, now: datetime | None = None
+) -> Client:
+    """The device behind `ip`, from its open accounting session (newest first), else from a
+    current DHCP lease the monitor saw.
 
-    A MAC in the redirect URL only has to agree: a different one is refused and logged.
+    A MAC in the redirect URL only has to agree: a different one is refused (Mismatch) and
+    logged. `now` judges a lease's expiry; it defaults to the wall clock, which the monitor
+    stamps leases with.
     """
     row = session.scalar(
         select(AccountingSession)
@@ -45,7 +52,7 @@ def identify(session: Session, ip: str, claimed_mac: str | None = None) -> Clien
         .limit(1)
     )
     if row is None or not row.mac:
-        return _from_lease(session, ip, claimed_mac)
+        return _from_lease(session, ip, claimed_mac, now or datetime.now(UTC))
     if claimed_mac is not None and claimed_mac != row.mac:
         log.warning(
             "portal: redirect claimed MAC %s but the session for %s is %s: refused",
@@ -73,18 +80,15 @@ def identify(session: Session, ip: str, claimed_mac: str | None = None) -> Clien
     )
 
 
-def _from_lease(session: Session, ip: str, claimed_mac: str | None) -> Client:
+def _from_lease(session: Session, ip: str, claimed_mac: str | None, now: datetime) -> Client:
     """No accounting for this IP: a current DHCP lease the monitor saw will do (wired ports
     and controllers that send no Framed-IP-Address)."""
-    from service.models.traffic import TrafficBinding
-
     lease = session.scalar(
         select(TrafficBinding)
         .where(TrafficBinding.ip == ip, TrafficBinding.is_lease.is_(True))
         .order_by(TrafficBinding.seen_at.desc(), TrafficBinding.id.desc())
         .limit(1)
     )
-    now = datetime.now(UTC)
     if (
         lease is None
         or lease.site_code is None
@@ -102,3 +106,39 @@ def _from_lease(session: Session, ip: str, claimed_mac: str | None) -> Client:
     if session.scalar(select(Site.id).where(Site.code == lease.site_code)) is None:
         raise Unidentified(f"the lease for {ip} is at no known site ({lease.site_code})")
     return Client(ip, lease.mac, lease.site_code, None, None, None)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    """One accounting session as the admin API lists it."""
+
+    mac: str | None
+    username: str | None
+    framed_ip: str | None
+    site: str | None
+    nas_identifier: str | None
+    acct_session_id: str
+    started_at: datetime
+    stopped_at: datetime | None
+
+
+def list_sessions(
+    *, session: Session, open_only: bool = False, limit: int = 1000
+) -> list[SessionRow]:
+    """The newest accounting sessions first (at most `limit`), optionally only the open ones."""
+    query = select(AccountingSession).order_by(AccountingSession.started_at.desc()).limit(limit)
+    if open_only:
+        query = query.where(AccountingSession.stopped_at.is_(None))
+    return [
+        SessionRow(
+            mac=s.mac,
+            username=s.username,
+            framed_ip=s.framed_ip,
+            site=s.site_code,
+            nas_identifier=s.nas_identifier,
+            acct_session_id=s.acct_session_id,
+            started_at=s.started_at,
+            stopped_at=s.stopped_at,
+        )
+        for s in session.scalars(query)
+    ]

@@ -1,0 +1,200 @@
+"""Registration at the portal: a visitor signs the AUA for their own device, a member of staff
+registers a personal device and signs the BYOD statement.
+
+Both have one shape (`_register`): add the device unless it is known and may be signed for,
+then record the signature, all inside one `enforcement.watch` at the portal's `now`, so the
+CoA the change causes is decided at the same moment the portal decided the change at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service import enforcement
+from service.agreements import current_agreement, sign_agreement
+from service.devices import add_device, find_device
+from service.enums import AgreementKind, DeviceClass, DeviceStatus, SignatureSource
+from service.errors import Invalid
+from service.models import Device, Person, Signature
+from service.signin import active_person
+
+MAX_NAME = 200  # the longest device name a visitor's own name and organisation make
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """What a registration stored: the device (new or known) and the signature."""
+
+    device: Device
+    signature: Signature
+    device_added: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _NewDevice:
+    device_class: DeviceClass
+    name: str
+    owner: Person | None = None
+    status: DeviceStatus | None = None
+
+
+def _register(
+    session: Session,
+    *,
+    kind: AgreementKind,
+    mac: str,
+    site_code: str,
+    new_device: _NewDevice,
+    may_sign_for: Callable[[Device], None],
+    typed_name: str,
+    actor: str,
+    now: datetime,
+    person: Person | None = None,
+    client_ip: str | None = None,
+    user_agent: str | None = None,
+    organisation: str | None = None,
+    visiting: str | None = None,
+    watch_device_ids: list[int] | None = None,
+) -> Registration:
+    """Add the device if it is new (else `may_sign_for` raises Invalid when it is someone
+    else's), then sign: one CoA request for the session, decided at `now`."""
+    with enforcement.watch(
+        session,
+        macs=[mac],
+        device_ids=watch_device_ids,
+        reason=f"{kind.value} signed",
+        now=now,
+    ):
+        device = find_device(session=session, mac=mac)
+        added = device is None
+        if device is None:
+            device = add_device(
+                session,
+                mac=mac,
+                site_code=site_code,
+                device_class=new_device.device_class,
+                owner=new_device.owner,
+                name=new_device.name,
+                status=new_device.status,
+                actor=actor,
+            )
+        else:
+            may_sign_for(device)
+        signature = sign_agreement(
+            session,
+            kind=kind,
+            typed_name=typed_name,
+            signed_at=now,
+            source=SignatureSource.PORTAL,
+            actor=actor,
+            person=person,
+            device_mac=mac,
+            site_code=site_code,
+            client_ip=client_ip,
+            user_agent=user_agent,
+            organisation=organisation,
+            visiting=visiting,
+        )
+    return Registration(device=device, signature=signature, device_added=added)
+
+
+def register_visitor(
+    *,
+    session: Session,
+    mac: str,
+    site_code: str,
+    name: str,
+    typed_name: str,
+    agreement_version: str | None,
+    now: datetime,
+    organisation: str | None = None,
+    visiting: str | None = None,
+    client_ip: str | None = None,
+    user_agent: str | None = None,
+    actor: str = "portal",
+) -> Registration:
+    """A visitor signs the current AUA for their own device (added as visitor-owned).
+
+    `agreement_version`: the version the visitor read; a newer one published meanwhile is
+    refused, so nobody signs a text they did not see.
+    """
+    agreement = current_agreement(session, AgreementKind.VISITOR_AUA, site_code)
+    if str(agreement.version) != agreement_version:
+        raise Invalid(
+            "the agreement changed while you were reading it: please "
+            "read the current version and sign again"
+        )
+
+    def visitors_only(device: Device) -> None:
+        if device.device_class is not DeviceClass.VISITOR_OWNED:
+            raise Invalid(
+                "this device is already registered to the school; "
+                "visitor access is for visitors' own devices"
+            )
+
+    return _register(
+        session,
+        kind=AgreementKind.VISITOR_AUA,
+        mac=mac,
+        site_code=site_code,
+        new_device=_NewDevice(
+            DeviceClass.VISITOR_OWNED,
+            f"{name} ({organisation})"[:MAX_NAME] if organisation else name,
+        ),
+        may_sign_for=visitors_only,
+        typed_name=typed_name,
+        actor=actor,
+        now=now,
+        client_ip=client_ip,
+        user_agent=user_agent,
+        organisation=organisation,
+        visiting=visiting,
+    )
+
+
+def register_staff_device(
+    *,
+    session: Session,
+    person_id: int,
+    mac: str,
+    site_code: str,
+    device_name: str,
+    typed_name: str,
+    now: datetime,
+    client_ip: str | None = None,
+    user_agent: str | None = None,
+) -> Registration:
+    """Active staff register their own device (pending the IT office's approval) and sign
+    the BYOD statement; a device already theirs is signed for again."""
+    person = active_person(session=session, person_id=person_id)
+
+    def owners_only(device: Device) -> None:
+        if device.owner_id != person.id:
+            raise Invalid(
+                "this device is already registered to someone else: please ask the IT office"
+            )
+
+    # The statement covers every device of theirs: watch them all, as sign_agreement does.
+    owned = list(session.scalars(select(Device.id).where(Device.owner_id == person.id)))
+    return _register(
+        session,
+        kind=AgreementKind.STAFF_BYOD,
+        mac=mac,
+        site_code=site_code,
+        new_device=_NewDevice(
+            DeviceClass.STAFF_OWNED, device_name, owner=person, status=DeviceStatus.PENDING
+        ),
+        may_sign_for=owners_only,
+        typed_name=typed_name,
+        actor=f"portal:{person.username or person.id}",
+        now=now,
+        person=person,
+        client_ip=client_ip,
+        user_agent=user_agent,
+        watch_device_ids=owned,
+    )
