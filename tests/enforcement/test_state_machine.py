@@ -332,3 +332,27 @@ def test_send_queued_sends_what_was_queued(
         == 1
     )
     assert _row(session_factory, queued).state == "ack"
+
+
+def test_the_long_running_dispatcher_sends_then_stops_when_told(
+    queued: int, session_factory: sessionmaker[Session]
+) -> None:
+    sender = ScriptedSender([ACK])
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(
+            enforcement.run_dispatcher(
+                session_factory=session_factory, settings=SETTINGS, sender=sender, stop_event=stop
+            )
+        )
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            if _row(session_factory, queued).state == "ack":
+                break
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(serve())
+    assert [kind for kind, _ in sender.sent] == [CoaKind.DISCONNECT]
+    assert _row(session_factory, queued).state == "ack"
