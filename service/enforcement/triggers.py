@@ -149,8 +149,7 @@ def watch(
     session.flush()
     mac_set, codes = _scope(session, device_ids, macs, site_ids)
     sessions = _open_sessions(session, mac_set, codes)
-    queued_at = datetime.now(UTC)
-    now = now or queued_at
+    now = now or datetime.now(UTC)
     before = _decisions(session, sessions, now)
     yield
     session.flush()
@@ -160,6 +159,7 @@ def watch(
         known = {s.id for s in sessions}
         sessions += [s for s in _open_sessions(session, mac_set2, codes2) if s.id not in known]
     after = _decisions(session, sessions, now)
+    queued_at = datetime.now(UTC)
     _queue_changes(session, sessions, before, after, reason=reason, actor=actor, now=queued_at)
 
 
