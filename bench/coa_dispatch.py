@@ -18,11 +18,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from radius import codec
-from radius.coa import drain
+from radius.coa import UdpCoaSender
 from service.config import load_settings
 from service.db import make_engine, make_session_factory, transaction, upgrade
 from service.demo import seed_demo_school
 from service.devices import add_device, report_lost
+from service.enforcement import drain
 from service.models import AccountingSession, NasClient
 
 
@@ -85,7 +86,12 @@ def main() -> None:
                 report_lost(session, mac=mac, reported_by="bench", actor="bench")
         changes = time.perf_counter() - started
         started = time.perf_counter()
-        drain(factory, load_settings(None, coa_timeout_seconds=1.0), limit=120)
+        drain(
+            session_factory=factory,
+            settings=load_settings(None, coa_timeout_seconds=1.0),
+            sender=UdpCoaSender(),
+            limit=120,
+        )
         sent = time.perf_counter() - started
         stop.set()
         print(f"{count} devices lost, one transaction each: {changes * 1000 / count:.2f} ms/change")

@@ -359,12 +359,18 @@ def _stop_on_signals() -> asyncio.Event:
 
 async def _serve_dispatcher(settings: Settings) -> None:
     """The CoA dispatcher, in its own process: its database work never delays an answer."""
-    from radius.coa.dispatcher import run_dispatcher
+    from radius.coa import sender_for
+    from service.enforcement import run_dispatcher
 
     stop = _stop_on_signals()
     engine = make_engine(settings.database_url)
     try:
-        await run_dispatcher(make_session_factory(engine), settings, stop)
+        await run_dispatcher(
+            session_factory=make_session_factory(engine),
+            settings=settings,
+            sender=sender_for(settings),
+            stop_event=stop,
+        )
     finally:
         engine.dispose()
 

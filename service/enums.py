@@ -97,6 +97,35 @@ class NasVendor(StrEnum):
     RUCKUS = "ruckus"
 
 
+class CoaKind(StrEnum):
+    """What a queued request asks of the NAS (RFC 5176). `coa` means "apply the new decision":
+    sent as a CoA-Request where the vendor re-authenticates on one, else as a Disconnect."""
+
+    COA = "coa"
+    DISCONNECT = "disconnect"
+
+
+class CoaState(StrEnum):
+    """Where a CoA / Disconnect request is: queued -> sent -> ack | nak | timeout | failed;
+    `fallback` when a CoA-Request was NAKed and a Disconnect-Request is queued in its place."""
+
+    QUEUED = "queued"
+    SENT = "sent"
+    FALLBACK = "fallback"
+    ACK = "ack"
+    NAK = "nak"
+    TIMEOUT = "timeout"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_COA_STATES
+
+
+PENDING_COA_STATES = (CoaState.QUEUED, CoaState.SENT, CoaState.FALLBACK)
+FINAL_COA_STATES = (CoaState.ACK, CoaState.NAK, CoaState.TIMEOUT, CoaState.FAILED)
+
+
 class SignatureSource(StrEnum):
     PORTAL = "portal"
     PAPER = "paper"

@@ -1,21 +1,22 @@
 """`schoolgate export NAME`: stable, documented tables for the IT lead, the DSL and the DPO.
 
 Each exporter yields plain dicts with a fixed key order (like Zeek's logs: one field list per
-record type, times in ISO 8601 UTC). Areas add their own through a module-level `EXPORTS`.
+record type, times in ISO 8601 UTC). Areas add their own through a module-level `EXPORTS`,
+which this registry imports; the areas import only `service.export_types` (no cycle).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Iterable, Iterator
 from typing import IO, Any, TypeVar
 
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, aliased
 
+from service import enforcement
+from service.export_types import Exporter, ExportQuery, iso
 from service.models import (
     AccessException,
     AccountingSession,
@@ -28,22 +29,26 @@ from service.models import (
     Signature,
     Site,
 )
+from service.monitor import exports as monitor_exports
+
+# ExportQuery, Exporter and iso are named here too, for the commands that export.
+__all__ = [
+    "CORE_EXPORTS",
+    "ExportQuery",
+    "Exporter",
+    "all_exporters",
+    "export_audit",
+    "export_decisions",
+    "export_devices",
+    "export_exceptions",
+    "export_incidents",
+    "export_sessions",
+    "export_signatures",
+    "iso",
+    "write_rows",
+]
 
 _Q = TypeVar("_Q", bound="Select[*tuple[Any, ...]]")
-
-
-@dataclass(frozen=True, slots=True)
-class ExportQuery:
-    since: datetime | None = None
-    until: datetime | None = None
-    site: str | None = None
-
-
-Exporter = Callable[[Session, ExportQuery], Iterable[dict[str, Any]]]
-
-
-def iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat(timespec="seconds")
 
 
 def _window(query: _Q, column: Any, q: ExportQuery) -> _Q:
@@ -248,9 +253,6 @@ CORE_EXPORTS: dict[str, Exporter] = {
 
 def all_exporters() -> dict[str, Exporter]:
     """The core's exporters plus every area's `EXPORTS`."""
-    from service import enforcement
-    from service.monitor import exports as monitor_exports
-
     return {**CORE_EXPORTS, **enforcement.EXPORTS, **monitor_exports.EXPORTS}
 
 

@@ -1,5 +1,10 @@
-"""RFC 5176 enforcement: the dispatcher that sends queued CoA / Disconnect requests."""
+"""RFC 5176 on the wire: encode CoA / Disconnect requests, send them, report the answers.
 
-from radius.coa.dispatcher import Dispatcher, dispatch_pending, drain, run_dispatcher
+The request state machine (queue, claim, retry, fallback) is the domain's
+(`service.enforcement`); this package is its UDP `CoaSender` and the one place a sender is
+chosen from settings (`sender_for`).
+"""
 
-__all__ = ["Dispatcher", "dispatch_pending", "drain", "run_dispatcher"]
+from radius.coa.sender import UdpCoaSender, sender_for
+
+__all__ = ["UdpCoaSender", "sender_for"]

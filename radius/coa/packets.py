@@ -4,28 +4,16 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from dataclasses import dataclass
 
 from radius import codec
 from radius.vendors import VENDOR_CISCO, CoaStyle, profile_for
-from service.enums import NasVendor
+from service.enforcement import CoaTarget
+from service.enums import CoaKind, NasVendor
 from service.mac import format_mac
 
 CISCO_AVPAIR = 1
 
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Who to send to and how to name the session there."""
-
-    address: str
-    port: int
-    secret: bytes
-    vendor: NasVendor
-    mac: str | None
-    acct_session_id: str | None
-    username: str | None
-    nas_ip: str | None
+REQUEST_CODES = {CoaKind.COA: codec.COA_REQUEST, CoaKind.DISCONNECT: codec.DISCONNECT_REQUEST}
 
 
 def uses_coa_request(vendor: NasVendor | str) -> bool:
@@ -33,7 +21,7 @@ def uses_coa_request(vendor: NasVendor | str) -> bool:
     return profile_for(vendor).coa_style is CoaStyle.REAUTHENTICATE
 
 
-def identity_attributes(target: Target) -> bytes:
+def identity_attributes(target: CoaTarget) -> bytes:
     """Calling-Station-Id in the NAS's MAC format, User-Name, Acct-Session-Id, NAS-IP-Address
     and Event-Timestamp (RFC 5176 §3 session identification; §3.1 replay protection)."""
     profile = profile_for(target.vendor)
@@ -56,7 +44,7 @@ def identity_attributes(target: Target) -> bytes:
     return b"".join(parts)
 
 
-def build(code: int, identifier: int, target: Target) -> bytes:
+def build(code: int, identifier: int, target: CoaTarget) -> bytes:
     """A complete signed request (Message-Authenticator first, then the MD5 authenticator)."""
     attributes = identity_attributes(target)
     if code == codec.COA_REQUEST and target.vendor is NasVendor.CISCO:
@@ -92,3 +80,8 @@ ERROR_CAUSES = {
     507: "Request-Initiated",
     508: "Multiple-Session-Selection-Unsupported",
 }
+
+
+def cause_text(cause: int) -> str:
+    """An Error-Cause in words, e.g. "Error-Cause 503 Session-Context-Not-Found"."""
+    return f"Error-Cause {cause} {ERROR_CAUSES.get(cause, 'unknown')}"

@@ -30,13 +30,20 @@ COLUMNS = [
 ]
 
 
-def flush_queued(state: CliState) -> None:
-    """After-commit hook: send what the command queued (up to ~2 s), then return."""
-    if not state.last_info.get(enforcement.QUEUED_FLAG):
-        return  # nothing queued: skip loading the RADIUS code
-    from radius.coa.cli_hook import flush_after_command  # the domain CLI stays RADIUS-free
+FLUSH_DEADLINE_SECONDS = 2.0
 
-    flush_after_command(state)
+
+def flush_queued(state: CliState) -> None:
+    """After-commit hook: send what the command queued (up to ~2 s), then return; the 'within
+    a second' promise holds even when no RADIUS server runs its dispatcher."""
+    if not state.last_info.get(enforcement.QUEUED_FLAG):
+        return  # nothing queued: skip choosing a sender (and loading the RADIUS code)
+    enforcement.send_queued(
+        session_factory=state.session_factory(),
+        settings=state.settings,
+        sender=state.coa_sender,
+        deadline=FLUSH_DEADLINE_SECONDS,
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -61,7 +68,7 @@ def coa_list(
             rows = [
                 enforcement.request_dict(r)
                 for r in enforcement.list_requests(
-                    session, mac=mac, state=state_filter, limit=limit
+                    session=session, mac=mac, state=state_filter, limit=limit
                 )
             ]
     except SchoolgateError as exc:
@@ -86,12 +93,15 @@ def coa_run(
     limit: float = typer.Option(60.0, "--limit", help="With --once: give up after seconds."),
 ) -> None:
     """Run the dispatcher on its own (the RADIUS server also runs it)."""
-    from radius.coa.dispatcher import drain, run_dispatcher
+    from radius.coa import UdpCoaSender  # sends even when CoA is off for the other commands
 
     state = get_state(ctx)
     factory = state.session_factory()
+    sender = UdpCoaSender()
     if once:
-        count = drain(factory, state.settings, limit=limit)
+        count = enforcement.drain(
+            session_factory=factory, settings=state.settings, sender=sender, limit=limit
+        )
         console.print(f"worked {count} request attempt(s)", highlight=False)
         return
 
@@ -100,7 +110,9 @@ def coa_run(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_dispatcher(factory, state.settings, stop)
+        await enforcement.run_dispatcher(
+            session_factory=factory, settings=state.settings, sender=sender, stop_event=stop
+        )
 
     asyncio.run(forever())
 
@@ -115,7 +127,9 @@ def device_disconnect(
     state = get_state(ctx)
     try:
         with state.transaction() as session:
-            rows = enforcement.disconnect_device(session, mac, reason=reason, actor=state.actor)
+            rows = enforcement.disconnect_device(
+                session=session, mac=mac, reason=reason, actor=state.actor
+            )
             ids = [r.id for r in rows]
     except SchoolgateError as exc:
         fail(str(exc))
@@ -126,7 +140,7 @@ def device_disconnect(
     with state.reading() as session:
         shown = [
             enforcement.request_dict(r)
-            for r in enforcement.list_requests(session, limit=1000)
+            for r in enforcement.list_requests(session=session, limit=1000)
             if r.id in ids
         ]
     print_rows(shown, COLUMNS, False)

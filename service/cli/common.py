@@ -21,8 +21,8 @@ from service.config import Settings
 from service.errors import Invalid
 
 if TYPE_CHECKING:  # the database is imported by the commands that use it (service/cli/__init__)
-    from sqlalchemy import Engine
-    from sqlalchemy.orm import Session, sessionmaker
+    from service.db import Engine, Session, SessionFactory
+    from service.enforcement import CoaSender
 
 
 def _width() -> int | None:
@@ -41,7 +41,8 @@ class CliState:
     settings: Settings
     actor: str
     _engine: Engine | None = None
-    _factory: sessionmaker[Session] | None = None
+    _factory: SessionFactory | None = None
+    _coa_sender: CoaSender | None = None
     # Called after a command's transaction commits, e.g. to send CoA for what it queued.
     after_commit_hooks: list[Callable[[CliState], None]] = field(default_factory=list)
     # The committed session's `info` dict, for the hooks (e.g. "did it queue any CoA?").
@@ -55,12 +56,22 @@ class CliState:
             self._engine = make_engine(self.settings.database_url)
         return self._engine
 
-    def session_factory(self) -> sessionmaker[Session]:
+    def session_factory(self) -> SessionFactory:
         if self._factory is None:
             from service.db import make_session_factory
 
             self._factory = make_session_factory(self.engine)
         return self._factory
+
+    @property
+    def coa_sender(self) -> CoaSender:
+        """The CoA sender, chosen once from the settings when a command first sends: commands
+        that queue nothing never import the RADIUS code."""
+        if self._coa_sender is None:
+            from radius.coa import sender_for
+
+            self._coa_sender = sender_for(self.settings)
+        return self._coa_sender
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

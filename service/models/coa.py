@@ -2,8 +2,9 @@
 
 One row per request to one NAS for one accounting session. The row *is* the state machine
 (queued -> sent -> ack | nak | timeout | failed, with `fallback` when a CoA-Request was NAKed
-and a Disconnect-Request replaces it); `history` keeps every transition so an admin can see
-why a device did not move.
+and a Disconnect-Request replaces it: `service.enums.CoaState`, driven by
+`service.enforcement.dispatcher`); `history` keeps every transition so an admin can see why a
+device did not move.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class CoaRequest(Base):
     nas_ip: Mapped[str | None] = mapped_column(String(64))
     acct_session_id: Mapped[str | None] = mapped_column(String(255))
     username: Mapped[str | None] = mapped_column(String(255))
-    kind: Mapped[str] = mapped_column(String(16))  # "disconnect" | "coa"
+    # The values of service.enums.CoaKind and CoaState (a plain VARCHAR, as migration 0002 made it).
+    kind: Mapped[str] = mapped_column(String(16))
     state: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[utc] = mapped_column(default=utcnow)

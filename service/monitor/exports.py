@@ -11,7 +11,7 @@ from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
 from service.config import Settings
-from service.exports import Exporter, ExportQuery, iso
+from service.export_types import Exporter, ExportQuery, iso
 from service.models import Device, Person
 from service.models.traffic import (
     PARTITION_COLUMNS,

@@ -197,9 +197,14 @@ def test_expiring_exception_is_queued_by_the_time_check(
         )
         session.execute(delete(CoaRequest))
     with transaction(session_factory) as session:
-        assert enforcement.queue_expired_grants(session, now, now + timedelta(minutes=5)) == []
+        assert (
+            enforcement.queue_expired_grants(
+                session=session, since=now, until=now + timedelta(minutes=5)
+            )
+            == []
+        )
         queued = enforcement.queue_expired_grants(
-            session, now + timedelta(minutes=5), now + timedelta(minutes=15)
+            session=session, since=now + timedelta(minutes=5), until=now + timedelta(minutes=15)
         )
         assert [(r.mac, r.kind, r.new_access) for r in queued] == [
             (live.pupil_phone, "disconnect", "none")

@@ -12,9 +12,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from radius.coa import drain
+from radius.coa import UdpCoaSender
 from service import enforcement
-from service.config import load_settings
+from service.config import Settings, load_settings
 from service.db import transaction
 from service.devices import report_lost
 from service.models import NasClient
@@ -31,6 +31,12 @@ FAST: dict[str, Any] = {"coa_timeout_seconds": 0.2, "coa_retries": 3}
 def _rows(factory: sessionmaker[Session]) -> list[CoaRequest]:
     with factory() as session:
         return list(session.scalars(select(CoaRequest).order_by(CoaRequest.id)))
+
+
+def drain(factory: sessionmaker[Session], settings: Settings, *, limit: float) -> int:
+    return enforcement.drain(
+        session_factory=factory, settings=settings, sender=UdpCoaSender(), limit=limit
+    )
 
 
 def _lose(factory: sessionmaker[Session], mac: str) -> None:
@@ -218,7 +224,7 @@ def test_device_disconnect_by_hand_and_export(
     assert bad.returncode == 1
     assert "Traceback" not in bad.stderr
     with session_factory() as session:
-        assert len(enforcement.list_requests(session)) == 1
+        assert len(enforcement.list_requests(session=session)) == 1
 
 
 def test_queued_request_survives_until_a_dispatcher_runs(

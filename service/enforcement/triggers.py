@@ -1,50 +1,37 @@
-"""Enforcement: which open sessions a change alters, queued as CoA / Disconnect requests.
+"""Triggers: which open sessions a change alters, queued as CoA / Disconnect requests.
 
-Domain code only (no RADIUS here): `watch()` decides before and after a change for every
-open accounting session it touches and queues a durable `CoaRequest` row, in the same
-transaction, for each session whose (access, VLAN) moved. The dispatcher in `radius.coa`
-sends them. Revocations (access `none`) become Disconnect-Requests; other moves become a
-CoA-Request or a Disconnect-Request depending on the NAS's vendor profile, which the
-dispatcher knows, so here they are queued as kind `coa` ("apply the new decision").
+`watch()` decides before and after a change for every open accounting session it touches and
+queues a durable `CoaRequest` row, in the same transaction, for each session whose (access,
+VLAN) moved. Revocations (access `none`) become Disconnect-Requests; other moves are queued as
+kind `coa` ("apply the new decision"), which the dispatcher turns into a CoA-Request or a
+Disconnect-Request depending on what the NAS's vendor takes (`service.enforcement.dispatcher`).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from datetime import UTC, datetime
 
-from sqlalchemy import delete, or_, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
 
-from service.config import Settings
-from service.enums import Access
-from service.exports import Exporter, ExportQuery, iso
+from service.enums import Access, CoaKind, CoaState
+from service.export_types import iso
 from service.facts import load_device_facts, load_policies
 from service.mac import normalize_mac
 from service.models import AccessException, AccountingSession, Device, Site
 from service.models.coa import CoaRequest
 from service.policy import AccessRequest, decide
 
-KIND_DISCONNECT = "disconnect"
-KIND_COA = "coa"
-
-QUEUED = "queued"
 # Set in `session.info` when a transaction queued a request, so the CLI knows to send it.
 QUEUED_FLAG = "coa_queued"
 # `session.info[PENDING_KEY]`: accounting session id -> the request queued for it so far.
 PENDING_KEY = "coa_pending"
-SENT = "sent"
-ACK = "ack"
-NAK = "nak"
-TIMEOUT = "timeout"
-FALLBACK = "fallback"  # a CoA-Request was NAKed: a Disconnect-Request is queued in its place
-FAILED = "failed"
-PENDING_STATES = (QUEUED, SENT, FALLBACK)
-FINAL_STATES = (ACK, NAK, TIMEOUT, FAILED)
+# Deprecated, unused: removed when the portal passes now= to watch() (the lead deletes it at
+# merge; portal/api.py still imports it).
+CLOCK_KEY = "clock"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,20 +49,6 @@ class _OpenSession:
 
 
 Outcome = tuple[Access, int | None]
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-# `session.info[CLOCK_KEY]`: the caller's clock (the portal's), so "before" and "after" are
-# decided at the same moment the caller decided the change at.
-CLOCK_KEY = "clock"
-
-
-def _decision_time(session: Session) -> datetime:
-    clock = session.info.get(CLOCK_KEY)
-    return clock() if callable(clock) else _now()
 
 
 def _open_sessions(session: Session, macs: set[str], site_codes: set[str]) -> list[_OpenSession]:
@@ -167,7 +140,8 @@ def watch(
     """Queue CoA / Disconnect for the open sessions whose decision the wrapped change alters.
 
     `now`: the moment the caller decided the change at (the portal's clock), so "before" and
-    "after" are decided at that moment.
+    "after" are decided at that moment; the wall clock when None. The queued rows are stamped
+    with the wall clock whatever `now` is: the dispatcher compares them with the wall clock.
     """
     device_ids = list(device_ids or ())
     macs = list(macs or ())
@@ -175,7 +149,7 @@ def watch(
     session.flush()
     mac_set, codes = _scope(session, device_ids, macs, site_ids)
     sessions = _open_sessions(session, mac_set, codes)
-    now = now or _decision_time(session)
+    now = now or datetime.now(UTC)
     before = _decisions(session, sessions, now)
     yield
     session.flush()
@@ -185,7 +159,8 @@ def watch(
         known = {s.id for s in sessions}
         sessions += [s for s in _open_sessions(session, mac_set2, codes2) if s.id not in known]
     after = _decisions(session, sessions, now)
-    _queue_changes(session, sessions, before, after, reason=reason, actor=actor)
+    queued_at = datetime.now(UTC)
+    _queue_changes(session, sessions, before, after, reason=reason, actor=actor, now=queued_at)
 
 
 def _queue_changes(
@@ -196,6 +171,7 @@ def _queue_changes(
     *,
     reason: str,
     actor: str | None,
+    now: datetime,
 ) -> list[CoaRequest]:
     queued: list[CoaRequest] = []
     device_ids = (
@@ -215,9 +191,9 @@ def _queue_changes(
         new = after.get(s.id)
         if new is None or old == new:
             continue
-        kind = KIND_DISCONNECT if new[0] in (Access.NONE,) else KIND_COA
+        kind = CoaKind.DISCONNECT if new[0] is Access.NONE else CoaKind.COA
         row = pending.get(s.id)
-        if row is not None and row.state == QUEUED:
+        if row is not None and row.state == CoaState.QUEUED:
             # A watch nested in another in this transaction already queued this session:
             # one request, carrying the final outcome.
             row.kind, row.new_access, row.new_vlan = kind, new[0].value, new[1]
@@ -231,6 +207,7 @@ def _queue_changes(
             actor=actor,
             old=old,
             new=new,
+            now=now,
         )
         pending[s.id] = row
         queued.append(row)
@@ -243,13 +220,13 @@ def _add_request(
     s: _OpenSession,
     *,
     device_id: int | None,
-    kind: str,
+    kind: CoaKind,
     reason: str,
     actor: str | None,
     old: Outcome | None,
     new: Outcome | None,
+    now: datetime,
 ) -> CoaRequest:
-    now = _now()
     row = CoaRequest(
         created_at=now,
         updated_at=now,
@@ -261,7 +238,7 @@ def _add_request(
         acct_session_id=s.acct_session_id,
         username=s.username,
         kind=kind,
-        state=QUEUED,
+        state=CoaState.QUEUED,
         attempts=0,
         next_attempt_at=now,
         reason=reason,
@@ -270,7 +247,7 @@ def _add_request(
         old_vlan=old[1] if old else None,
         new_access=new[0].value if new else None,
         new_vlan=new[1] if new else None,
-        history=[{"at": iso(now), "state": QUEUED, "detail": reason}],
+        history=[{"at": iso(now), "state": CoaState.QUEUED.value, "detail": reason}],
     )
     session.add(row)
     session.info[QUEUED_FLAG] = True
@@ -278,9 +255,15 @@ def _add_request(
 
 
 def disconnect_device(
-    session: Session, mac: str, *, reason: str = "disconnected by hand", actor: str | None = None
+    *,
+    session: Session,
+    mac: str,
+    reason: str = "disconnected by hand",
+    actor: str | None = None,
+    now: datetime | None = None,
 ) -> list[CoaRequest]:
     """Queue a Disconnect-Request for every open session of `mac` (`device disconnect`)."""
+    now = now or datetime.now(UTC)
     canonical = normalize_mac(mac)
     sessions = _open_sessions(session, {canonical}, set())
     device_id = session.scalar(select(Device.id).where(Device.mac == canonical))
@@ -289,11 +272,12 @@ def disconnect_device(
             session,
             s,
             device_id=device_id,
-            kind=KIND_DISCONNECT,
+            kind=CoaKind.DISCONNECT,
             reason=reason,
             actor=actor,
             old=None,
             new=None,
+            now=now,
         )
         for s in sessions
     ]
@@ -302,10 +286,11 @@ def disconnect_device(
 
 
 def queue_expired_grants(
-    session: Session, since: datetime, until: datetime, *, reason: str = "exception expired"
+    *, session: Session, since: datetime, until: datetime, reason: str = "exception expired"
 ) -> list[CoaRequest]:
     """Queue for devices whose access exception ended in (since, until]: the decision at
-    `since` against the decision at `until` (time moved, nothing was written)."""
+    `since` against the decision at `until` (time moved, nothing was written). `until` is the
+    caller's now; the rows are stamped with it."""
     device_ids = sorted(
         set(
             session.scalars(
@@ -324,149 +309,6 @@ def queue_expired_grants(
     sessions = _open_sessions(session, mac_set, set())
     before = _decisions(session, sessions, since)
     after = _decisions(session, sessions, until)
-    return _queue_changes(session, sessions, before, after, reason=reason, actor="schoolgate")
-
-
-def record(row: CoaRequest, state: str, detail: str, *, now: datetime | None = None) -> None:
-    """Move a request to `state`, appending the transition to its history."""
-    moment = now or _now()
-    row.state = state
-    row.updated_at = moment
-    row.detail = detail
-    row.history = [*(row.history or []), {"at": iso(moment), "state": state, "detail": detail}]
-    if state in FINAL_STATES:
-        row.finished_at = moment
-
-
-def request_dict(row: CoaRequest) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "created_at": iso(row.created_at),
-        "updated_at": iso(row.updated_at),
-        "mac": row.mac,
-        "nas_ip": row.nas_ip,
-        "acct_session_id": row.acct_session_id,
-        "kind": row.kind,
-        "state": row.state,
-        "attempts": row.attempts,
-        "error_cause": row.error_cause,
-        "reason": row.reason,
-        "change": _change_text(row),
-        "detail": row.detail,
-        "history": row.history,
-    }
-
-
-def _change_text(row: CoaRequest) -> str | None:
-    if row.new_access is None:
-        return None
-
-    def part(access: str | None, vlan: int | None) -> str:
-        if access is None:
-            return "?"
-        return access if vlan is None else f"{access}/vlan {vlan}"
-
-    return f"{part(row.old_access, row.old_vlan)} -> {part(row.new_access, row.new_vlan)}"
-
-
-def list_requests(
-    session: Session,
-    *,
-    mac: str | None = None,
-    state: str | None = None,
-    limit: int = 50,
-) -> list[CoaRequest]:
-    query = select(CoaRequest).order_by(CoaRequest.id.desc()).limit(limit)
-    if mac:
-        query = query.where(CoaRequest.mac == normalize_mac(mac))
-    if state:
-        query = query.where(CoaRequest.state == state)
-    return list(session.scalars(query))
-
-
-def export_coa(session: Session, q: ExportQuery) -> Iterator[dict[str, Any]]:
-    query = select(CoaRequest).order_by(CoaRequest.id)
-    if q.since is not None:
-        query = query.where(CoaRequest.created_at >= q.since)
-    if q.until is not None:
-        query = query.where(CoaRequest.created_at < q.until)
-    if q.site:
-        query = query.join(
-            AccountingSession, CoaRequest.session_row_id == AccountingSession.id
-        ).where(AccountingSession.site_code == q.site)
-    for row in session.scalars(query):
-        yield {"type": "coa_request", **request_dict(row)}
-
-
-def purge(session: Session, settings: Settings, now: datetime) -> dict[str, int]:
-    """Retention: finished requests older than `retention_days["coa_requests"]` (they hold
-    MACs and user names); pending ones are kept whatever their age."""
-    days = settings.retention_days.get("coa_requests")
-    if days is None:
-        return {}
-    result: Any = session.execute(
-        delete(CoaRequest).where(
-            CoaRequest.state.in_(FINAL_STATES),
-            CoaRequest.created_at < now - timedelta(days=days),
-        )
+    return _queue_changes(
+        session, sessions, before, after, reason=reason, actor="schoolgate", now=until
     )
-    return {"coa_requests": int(result.rowcount or 0)}
-
-
-EXPORTS: dict[str, Exporter] = {"coa": export_coa}
-
-
-class CoaSender(Protocol):
-    """What sends queued requests to the NAS: the UDP sender in `radius.coa`, or the null one.
-
-    Chosen once from settings by the process that starts an adapter
-    (`radius.coa.sender_for(settings)`) and handed to the CLI, the portal and the API.
-    INTERIM (service-layer issue): the state machine still runs in radius.coa; it moves here.
-    """
-
-    def send_queued(
-        self,
-        session_factory: sessionmaker[Session],
-        settings: Settings,
-        *,
-        device_ids: Iterable[int] | None,
-        deadline: float,
-    ) -> int: ...
-
-
-class NullCoaSender:
-    """Sends nothing: requests stay queued for a dispatcher elsewhere (CoA disabled)."""
-
-    def send_queued(
-        self,
-        session_factory: sessionmaker[Session],  # noqa: ARG002
-        settings: Settings,  # noqa: ARG002
-        *,
-        device_ids: Iterable[int] | None,  # noqa: ARG002
-        deadline: float,  # noqa: ARG002
-    ) -> int:
-        return 0
-
-
-def send_queued(
-    *,
-    session_factory: sessionmaker[Session],
-    settings: Settings,
-    sender: CoaSender,
-    device_ids: Iterable[int] | None = None,
-    deadline: float = 2.0,
-) -> int:
-    """After a change commits: send what it queued now, for up to `deadline` seconds.
-
-    Adapters call this after their commit; rows still waiting at the deadline are taken up by
-    the long-running dispatcher. Never raises: the change is committed already.
-    """
-    if not settings.coa_enabled:
-        return 0
-    try:
-        return sender.send_queued(
-            session_factory, settings, device_ids=device_ids, deadline=deadline
-        )
-    except Exception:  # the change is committed; the server's dispatcher will retry
-        logging.getLogger("schoolgate.coa").exception("sending CoA after the change failed")
-        return 0

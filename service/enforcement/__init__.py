@@ -1,0 +1,81 @@
+"""Enforcement: CoA / Disconnect requests (RFC 5176), from the change that needs one to its end.
+
+Domain code only, no RADIUS here:
+
+- `triggers`: `watch()` wraps a change and queues a durable `CoaRequest` row, in the change's
+  transaction, for each open session whose (access, VLAN) it moved; `disconnect_device`,
+  `queue_expired_grants`.
+- `dispatcher`: the request state machine (`claim`, `settle`: retry with backoff, NAK ->
+  Disconnect fallback, timeout, failure) and the `Dispatcher` that drives rows through it;
+  `send_queued` (what an adapter calls after its commit), `drain`, `run_dispatcher`.
+- `sending`: the `CoaSender` Protocol the dispatcher sends through (the UDP one is
+  `radius.coa.sender.UdpCoaSender`, chosen by `radius.coa.sender_for(settings)`), and
+  `NullCoaSender`.
+- `records`: one transition recorded, listing, the `coa` export and retention.
+"""
+
+from __future__ import annotations
+
+from service.enforcement.dispatcher import (
+    Attempt,
+    Dispatcher,
+    attempt_wait,
+    claim,
+    drain,
+    due_request_ids,
+    run_dispatcher,
+    send_queued,
+    settle,
+)
+from service.enforcement.records import (
+    EXPORTS,
+    export_coa,
+    list_requests,
+    purge,
+    record,
+    request_dict,
+)
+from service.enforcement.sending import (
+    CoaAnswer,
+    CoaReply,
+    CoaSender,
+    CoaTarget,
+    NullCoaSender,
+)
+from service.enforcement.triggers import (
+    CLOCK_KEY,
+    PENDING_KEY,
+    QUEUED_FLAG,
+    disconnect_device,
+    queue_expired_grants,
+    watch,
+)
+
+__all__ = [
+    "CLOCK_KEY",
+    "EXPORTS",
+    "PENDING_KEY",
+    "QUEUED_FLAG",
+    "Attempt",
+    "CoaAnswer",
+    "CoaReply",
+    "CoaSender",
+    "CoaTarget",
+    "Dispatcher",
+    "NullCoaSender",
+    "attempt_wait",
+    "claim",
+    "disconnect_device",
+    "drain",
+    "due_request_ids",
+    "export_coa",
+    "list_requests",
+    "purge",
+    "queue_expired_grants",
+    "record",
+    "request_dict",
+    "run_dispatcher",
+    "send_queued",
+    "settle",
+    "watch",
+]
