@@ -43,7 +43,6 @@ from service.enforcement.sending import (
     NullCoaSender,
 )
 from service.enforcement.triggers import (
-    CLOCK_KEY,
     PENDING_KEY,
     QUEUED_FLAG,
     disconnect_device,
@@ -52,7 +51,6 @@ from service.enforcement.triggers import (
 )
 
 __all__ = [
-    "CLOCK_KEY",
     "EXPORTS",
     "PENDING_KEY",
     "QUEUED_FLAG",

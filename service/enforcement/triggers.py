@@ -29,9 +29,6 @@ from service.policy import AccessRequest, decide
 QUEUED_FLAG = "coa_queued"
 # `session.info[PENDING_KEY]`: accounting session id -> the request queued for it so far.
 PENDING_KEY = "coa_pending"
-# Deprecated, unused: removed when the portal passes now= to watch() (the lead deletes it at
-# merge; portal/api.py still imports it).
-CLOCK_KEY = "clock"
 
 
 @dataclass(frozen=True, slots=True)
