@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from radius.counters import Counters
-from radius.writer import DecisionRow, insert_decisions
+from service.decisions import DecisionRow, record_decisions
 
 log = logging.getLogger("schoolgate.radius.decisions")
 
@@ -133,7 +133,7 @@ def _writer_main(
                 rows.extend(more)
             try:
                 with factory() as session, session.begin():
-                    insert_decisions(session, rows)
+                    record_decisions(session=session, rows=rows)
             except Exception:  # the loop boundary: this batch is lost, the next may go in
                 log.exception("decision log batch of %d rows lost", len(rows))
     finally:

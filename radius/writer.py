@@ -15,49 +15,17 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.orm import Session, sessionmaker
-
-from radius.accounting import AcctRecord, apply_records
 from radius.counters import Counters
-from service.models import DecisionRecord
-from service.models.base import sqlite_time
+from service.accounting import AcctRecord, apply_accounting
+from service.db import SessionFactory
+from service.decisions import DecisionRow, record_decisions
+
+# DecisionRow is the domain's (service/decisions.py); radius/authorizer.py names it from here.
+__all__ = ["AcctTicket", "DecisionRow", "LogWriter"]
 
 log = logging.getLogger("schoolgate.radius.writer")
-
-# Column order of a decision-log tuple (built on the hot path without a dict).
-DECISION_COLUMNS = (
-    "decided_at",
-    "site_code",
-    "nas_name",
-    "nas_ip",
-    "mac",
-    "username",
-    "location",
-    "access",
-    "vlan",
-    "reason",
-    "rule",
-    "session_timeout",
-    "micros",
-)
-DecisionRow = tuple[
-    float,  # decided_at, POSIX seconds (cheap to build and to pickle)
-    str | None,
-    str | None,
-    str | None,
-    str | None,
-    str | None,
-    str | None,
-    str,
-    int | None,
-    str,
-    str,
-    int | None,
-    int | None,
-]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,33 +41,10 @@ class AcctTicket:
 _STOP = object()
 
 
-def insert_decisions(session: Session, rows: Sequence[DecisionRow]) -> None:
-    """One DBAPI executemany for a batch of decision rows.
-
-    The SQLAlchemy insert costs 20-30 µs a row in bind processing, in the same process (and
-    under the same GIL) as the hot path; a plain executemany costs a few. The only conversion
-    is the time (POSIX seconds in the row): naive UTC text on SQLite (as `UTCDateTime` stores
-    it), an aware datetime on PostgreSQL.
-    """
-    connection = session.connection()
-    dialect = connection.dialect
-    placeholder = "?" if dialect.paramstyle == "qmark" else "%s"
-    columns = ", ".join(DECISION_COLUMNS)
-    values = ", ".join([placeholder] * len(DECISION_COLUMNS))
-    table = DecisionRecord.__tablename__
-    sql = f"INSERT INTO {table} ({columns}) VALUES ({values})"  # noqa: S608 - fixed names
-    if dialect.name == "sqlite":
-        params: list[tuple[Any, ...]] = [(sqlite_time(r[0]), *r[1:]) for r in rows]
-    else:
-        utc_time = datetime.fromtimestamp
-        params = [(utc_time(r[0], UTC), *r[1:]) for r in rows]
-    connection.exec_driver_sql(sql, params)
-
-
 class LogWriter:
     def __init__(
         self,
-        factory: sessionmaker[Session],
+        factory: SessionFactory,
         *,
         batch_seconds: float,
         counters: Counters,
@@ -168,7 +113,7 @@ class LogWriter:
     def _write_accounting(self, tickets: list[AcctTicket]) -> None:
         try:
             with self._factory() as session, session.begin():
-                apply_records(session, [t.record for t in tickets])
+                apply_accounting(session=session, records=[t.record for t in tickets])
         except Exception:  # the loop boundary: the NAS retransmits what we did not answer
             log.exception("accounting batch of %d not stored; not answered", len(tickets))
             self._give_up(tickets)
@@ -178,7 +123,7 @@ class LogWriter:
     def _write_decisions(self, rows: list[DecisionRow]) -> None:
         try:
             with self._factory() as session, session.begin():
-                insert_decisions(session, rows)
+                record_decisions(session=session, rows=rows)
             self._counters.decisions_logged += len(rows)
         except Exception:  # the loop boundary: answers went out; the log lost this batch
             log.exception("decision log batch of %d rows lost", len(rows))

@@ -225,4 +225,39 @@ def list_signatures(*, session: Session) -> list[SignatureRow]:
             source=sig.source,
         )
         for sig, kind, version, mac in rows
+
+
+class AgreementSummary:
+    """One published version of an agreement and how many signatures it has."""
+
+    kind: AgreementKind
+    site: str | None  # None: trust-wide
+    version: int
+    title: str
+    sha256: str
+    published_at: datetime
+    signatures: int
+
+
+def list_agreements(*, session: Session) -> list[AgreementSummary]:
+    """Every published version, ordered by kind and version, with its signature count: one
+    query."""
+    query = (
+        select(Agreement, Site.code, func.count(Signature.id))
+        .outerjoin(Site, Agreement.site_id == Site.id)
+        .outerjoin(Signature, Signature.agreement_id == Agreement.id)
+        .group_by(Agreement.id, Site.code)
+        .order_by(Agreement.kind, Agreement.version)
+    )
+    return [
+        AgreementSummary(
+            kind=agreement.kind,
+            site=code,
+            version=agreement.version,
+            title=agreement.title,
+            sha256=agreement.sha256,
+            published_at=agreement.published_at,
+            signatures=count,
+        )
+        for agreement, code, count in session.execute(query)
     ]

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -56,6 +56,17 @@ def describe_database_error(exc: SQLAlchemyError) -> str:
             hint = " (run `schoolgate db upgrade` first)"
         return f"database: {first}{hint}"
     return f"database: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+
+
+def database_error_message(exc: BaseException) -> str | None:
+    """`describe_database_error` for a SQLAlchemy error; None for any other exception (the
+    CLI's last resort, which itself imports no SQLAlchemy)."""
+    return describe_database_error(exc) if isinstance(exc, SQLAlchemyError) else None
+
+
+def display_url(url: str) -> str:
+    """The database URL as it may be printed: the password masked."""
+    return make_url(normalize_url(url)).render_as_string(hide_password=True)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

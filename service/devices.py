@@ -10,13 +10,22 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from service import audit, enforcement
 from service.enums import AuditTag, DeviceClass, DeviceStatus, IncidentKind
 from service.errors import Conflict, Invalid, NotFound
 from service.mac import normalize_mac
-from service.models import Approval, Device, Incident, Person, Site, utcnow
+from service.models import (
+    AccessException,
+    Approval,
+    Device,
+    Incident,
+    Person,
+    Signature,
+    Site,
+    utcnow,
+)
 from service.people import find_person
 from service.sites import get_site
 
@@ -440,3 +449,49 @@ def list_devices(
         )
         for device, code, person in session.execute(query)
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """Everything known about one device, for `device show` (ORM rows, to be read only)."""
+
+    device: Device
+    site: str | None
+    owner: Person | None
+    # The device's own and its owner's, oldest first; each with its `agreement` loaded.
+    signatures: tuple[Signature, ...]
+    exceptions: tuple[AccessException, ...]
+    incidents: tuple[Incident, ...]
+
+
+def device_record(*, session: Session, mac: str) -> DeviceRecord:
+    """The device with this MAC, its site, owner, signatures, exceptions and incidents;
+    NotFound when it is not registered. A fixed number of queries, whatever the history."""
+    device = get_device(session, mac)
+    site = session.get(Site, device.site_id)
+    owner = session.get(Person, device.owner_id) if device.owner_id else None
+    signed_for = Signature.device_id == device.id
+    if device.owner_id is not None:
+        signed_for = or_(signed_for, Signature.person_id == device.owner_id)
+    signatures = session.scalars(
+        select(Signature)
+        .options(joinedload(Signature.agreement))
+        .where(signed_for)
+        .order_by(Signature.signed_at)
+    )
+    exceptions = session.scalars(
+        select(AccessException)
+        .where(AccessException.device_id == device.id)
+        .order_by(AccessException.id)
+    )
+    incidents = session.scalars(
+        select(Incident).where(Incident.device_id == device.id).order_by(Incident.id)
+    )
+    return DeviceRecord(
+        device=device,
+        site=site.code if site else None,
+        owner=owner,
+        signatures=tuple(signatures),
+        exceptions=tuple(exceptions),
+        incidents=tuple(incidents),
+    )

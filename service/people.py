@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session
 from service import audit, enforcement
 from service.enums import AuditTag, DeviceStatus, Role
 from service.errors import Conflict, Invalid, NotFound
-from service.models import Device, Person, utcnow
+from service.models import Device, Person, Site, utcnow
 from service.sites import get_site
 
 _HASHER = PasswordHasher()
@@ -156,3 +157,52 @@ def leave_person(session: Session, *, person: Person, actor: str) -> dict[str, l
             detail={"name": person.name, "revoked": revoked, "flagged": flagged},
         )
     return {"revoked": revoked, "flagged_for_reassignment": flagged}
+
+
+@dataclass(frozen=True, slots=True)
+class PersonSummary:
+    """A person as listings show them (never the password hash: only whether there is one)."""
+
+    id: int
+    site: str
+    role: Role
+    name: str
+    email: str | None
+    username: str | None
+    year_group: int | None
+    active: bool
+    has_password: bool
+
+
+def list_people(
+    *,
+    session: Session,
+    site: str | None = None,
+    role: Role | str | None = None,
+    include_left: bool = False,
+) -> list[PersonSummary]:
+    """People ordered by site code and name, filtered by site (NotFound if unknown) and role;
+    those who left only with `include_left`. One query."""
+    query = select(Person, Site.code).join(Site, Person.site_id == Site.id)
+    query = query.order_by(Site.code, Person.name)
+    if site:
+        get_site(session, site)
+        query = query.where(Site.code == site)
+    if role:
+        query = query.where(Person.role == role)
+    if not include_left:
+        query = query.where(Person.active.is_(True))
+    return [
+        PersonSummary(
+            id=person.id,
+            site=code,
+            role=person.role,
+            name=person.name,
+            email=person.email,
+            username=person.username,
+            year_group=person.year_group,
+            active=person.active,
+            has_password=person.password_hash is not None,
+        )
+        for person, code in session.execute(query)
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -19,6 +20,7 @@ from service.policy import load_policy_text
 from service.policy.model import SitePolicy as CompiledPolicy
 
 _CODE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+DEFAULT_TIMEZONE = "Europe/London"
 
 
 def get_site(session: Session, code: str) -> Site:
@@ -172,3 +174,81 @@ def add_nas(
         },
     )
     return nas
+
+
+def find_site(*, session: Session, code: str) -> Site | None:
+    """The site with this code, or None when there is none (`get_site` raises instead)."""
+    return session.scalar(select(Site).where(Site.code == code))
+
+
+def site_timezone(*, session: Session, site_id: int) -> str:
+    """The site's time zone, in which its people type dates (Europe/London if it has none)."""
+    return session.scalar(select(Site.timezone).where(Site.id == site_id)) or DEFAULT_TIMEZONE
+
+
+@dataclass(frozen=True, slots=True)
+class SiteSummary:
+    """A school and the version of its policy in force (None before the first load)."""
+
+    code: str
+    name: str
+    timezone: str
+    policy_version: int | None
+
+
+def list_sites(*, session: Session) -> list[SiteSummary]:
+    """Every site with its newest policy version, ordered by code: one query."""
+    query = (
+        select(Site.code, Site.name, Site.timezone, func.max(SitePolicy.version))
+        .outerjoin(SitePolicy, SitePolicy.site_id == Site.id)
+        .group_by(Site.id, Site.code, Site.name, Site.timezone)
+        .order_by(Site.code)
+    )
+    return [
+        SiteSummary(code=code, name=name, timezone=timezone, policy_version=version)
+        for code, name, timezone, version in session.execute(query)
+    ]
+
+
+def policy_in_force(*, session: Session, site_code: str) -> SitePolicy | None:
+    """The stored policy in force at a site (its newest version, with the TOML as loaded), or
+    None before the first load; NotFound for an unknown site."""
+    site = get_site(session, site_code)
+    return session.scalar(
+        select(SitePolicy)
+        .where(SitePolicy.site_id == site.id)
+        .order_by(SitePolicy.version.desc())
+        .limit(1)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NasSummary:
+    """A NAS client as listings show it: everything but its shared secret."""
+
+    site: str
+    name: str
+    address: str
+    vendor: NasVendor
+    coa_port: int
+    require_message_authenticator: bool
+
+
+def list_nas_clients(*, session: Session) -> list[NasSummary]:
+    """Every NAS client, ordered by site code and name: one query."""
+    query = (
+        select(NasClient, Site.code)
+        .join(Site, NasClient.site_id == Site.id)
+        .order_by(Site.code, NasClient.name)
+    )
+    return [
+        NasSummary(
+            site=code,
+            name=nas.name,
+            address=nas.address,
+            vendor=nas.vendor,
+            coa_port=nas.coa_port,
+            require_message_authenticator=nas.require_message_authenticator,
+        )
+        for nas, code in session.execute(query)
+    ]

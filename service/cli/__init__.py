@@ -115,15 +115,16 @@ def main() -> None:
         err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
     except Exception as exc:
-        # SQLAlchemy is imported by the commands that use the database, not by the CLI itself.
-        sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
-        if sqlalchemy_exc is None or not isinstance(exc, sqlalchemy_exc.SQLAlchemyError):
+        # SQLAlchemy is loaded by the commands that use the database (through service.db), not
+        # by the CLI itself: without service.db loaded, no error can be a database error.
+        if "service.db" not in sys.modules:
             raise
-        from service.db import describe_database_error
+        from service.db import database_error_message
 
-        err_console.print(
-            f"error: {describe_database_error(exc)}", markup=False, highlight=False, soft_wrap=True
-        )
+        message = database_error_message(exc)
+        if message is None:
+            raise
+        err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -6,14 +6,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
-from sqlalchemy import select
 
 from service import db as dbmod
-from service import registry
+from service import registry, sites
 from service.cli.common import JsonOption, console, get_state, parse_when, print_json, print_rows
 from service.facts import decide_for_mac, describe_facts, load_device_facts, load_policy
 from service.mac import normalize_mac
-from service.models import NasClient, Site, SitePolicy
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 site_app = typer.Typer(help="Schools (sites) in the trust.", no_args_is_help=True)
@@ -36,14 +34,9 @@ def db_upgrade(ctx: typer.Context) -> None:
     state = get_state(ctx)
     dbmod.upgrade(state.settings.database_url)
     console.print(
-        f"database is up to date ({_safe_url(state.settings.database_url)})", highlight=False
+        f"database is up to date ({dbmod.display_url(state.settings.database_url)})",
+        highlight=False,
     )
-
-
-def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(dbmod.normalize_url(url)).render_as_string(hide_password=True)
 
 
 @site_app.command("add")
@@ -67,22 +60,15 @@ def site_list(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     """List the schools and the policy version in force at each."""
     state = get_state(ctx)
     with state.reading() as session:
-        rows = []
-        for site in session.scalars(select(Site).order_by(Site.code)):
-            version = session.scalar(
-                select(SitePolicy.version)
-                .where(SitePolicy.site_id == site.id)
-                .order_by(SitePolicy.version.desc())
-                .limit(1)
-            )
-            rows.append(
-                {
-                    "code": site.code,
-                    "name": site.name,
-                    "timezone": site.timezone,
-                    "policy_version": version,
-                }
-            )
+        rows = [
+            {
+                "code": site.code,
+                "name": site.name,
+                "timezone": site.timezone,
+                "policy_version": site.policy_version,
+            }
+            for site in sites.list_sites(session=session)
+        ]
     print_rows(
         rows,
         ["code", "name", "timezone", "policy_version"],
@@ -117,14 +103,7 @@ def policy_show(
     """Show the policy in force at a site: the matrix, locations and rules."""
     state = get_state(ctx)
     with state.reading() as session:
-        registry.get_site(session, site)
-        row = session.scalar(
-            select(SitePolicy)
-            .join(Site)
-            .where(Site.code == site)
-            .order_by(SitePolicy.version.desc())
-            .limit(1)
-        )
+        row = sites.policy_in_force(session=session, site_code=site)
         policy = load_policy(session, site)
     if raw and row is not None:
         console.print(row.toml, markup=False, highlight=False)
@@ -290,7 +269,7 @@ def nas_list(ctx: typer.Context, as_json: bool = JsonOption) -> None:
     with state.reading() as session:
         rows = [
             {
-                "site": code,
+                "site": nas.site,
                 "name": nas.name,
                 "address": nas.address,
                 "vendor": nas.vendor.value,
@@ -299,9 +278,7 @@ def nas_list(ctx: typer.Context, as_json: bool = JsonOption) -> None:
                 if nas.require_message_authenticator
                 else "optional",
             }
-            for nas, code in session.execute(
-                select(NasClient, Site.code).join(Site).order_by(Site.code, NasClient.name)
-            )
+            for nas in sites.list_nas_clients(session=session)
         ]
     print_rows(
         rows,

@@ -6,9 +6,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
-from sqlalchemy import func, select
 
-from service import registry
+from service import agreements, registry, sites
 from service.cli.common import (
     JsonOption,
     console,
@@ -19,7 +18,6 @@ from service.cli.common import (
 )
 from service.enums import SignatureSource
 from service.exports import ExportQuery, export_exceptions
-from service.models import Agreement, Signature, Site
 
 agreement_app = typer.Typer(help="Visitor AUA and staff BYOD statement.", no_args_is_help=True)
 exception_app = typer.Typer(help="Case-by-case exceptions that widen access.", no_args_is_help=True)
@@ -73,20 +71,14 @@ def agreement_list(ctx: typer.Context, as_json: bool = JsonOption) -> None:
         rows = [
             {
                 "kind": a.kind.value,
-                "site": code or "(trust-wide)",
+                "site": a.site or "(trust-wide)",
                 "version": a.version,
                 "title": a.title,
                 "sha256": a.sha256,
                 "published_at": a.published_at.isoformat(timespec="seconds"),
-                "signatures": count,
+                "signatures": a.signatures,
             }
-            for a, code, count in session.execute(
-                select(Agreement, Site.code, func.count(Signature.id))
-                .outerjoin(Site, Agreement.site_id == Site.id)
-                .outerjoin(Signature, Signature.agreement_id == Agreement.id)
-                .group_by(Agreement.id, Site.code)
-                .order_by(Agreement.kind, Agreement.version)
-            )
+            for a in agreements.list_agreements(session=session)
         ]
     print_rows(
         rows,
@@ -114,8 +106,8 @@ def agreement_sign(
     agreement_kind = registry.parse_kind(kind)
     with state.transaction() as session:
         signer = registry.find_person(session, person)
-        tz = session.scalar(select(Site.timezone).where(Site.id == signer.site_id))
-        when = parse_when(signed_at, tz or "Europe/London") or datetime.now(UTC)
+        tz = sites.site_timezone(session=session, site_id=signer.site_id)
+        when = parse_when(signed_at, tz) or datetime.now(UTC)
         if when > datetime.now(UTC):
             fail("--signed-at is in the future")
         signature = registry.sign_agreement(
@@ -153,7 +145,7 @@ def exception_grant(
     state = get_state(ctx)
     with state.transaction() as session:
         device = registry.get_device(session, mac)
-        tz = session.scalar(select(Site.timezone).where(Site.id == device.site_id))
+        tz = sites.site_timezone(session=session, site_id=device.site_id)
         grant = registry.grant_exception(
             session,
             mac=mac,
@@ -161,8 +153,8 @@ def exception_grant(
             reason=reason,
             approved_by=approved_by,
             actor=state.actor,
-            valid_from=parse_when(start, tz or "Europe/London"),
-            valid_until=parse_when(until, tz or "Europe/London"),
+            valid_from=parse_when(start, tz),
+            valid_until=parse_when(until, tz),
         )
         console.print(
             f"exception {grant.id}: {device.mac} gets {access} until {until or 'revoked'}",

@@ -7,13 +7,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import typer
-from sqlalchemy import select
 
 from service import db as dbmod
+from service import sites
 from service.cli.common import console, get_state, print_rows
 from service.demo import DEMO_DEVICES, UNKNOWN_DEVICE, seed_demo_school
 from service.facts import decide_for_mac
-from service.models import Site
 
 if TYPE_CHECKING:
     from service.cli.serve import ServeAddresses
@@ -36,7 +35,7 @@ def demo(
     state = get_state(ctx)
     dbmod.upgrade(state.settings.database_url)
     with state.transaction() as session:
-        if session.scalar(select(Site.id).where(Site.code == "westgate")) is None:
+        if sites.find_site(session=session, code="westgate") is None:
             seed_demo_school(session, actor=state.actor)
             console.print(
                 f"created the Westgate Primary demo school ({state.settings.database_url})",

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from sqlalchemy import select
 
-from service import registry
+from service import devices, registry
 from service.cli.common import JsonOption, console, fail, get_state, print_json, print_rows
+from service.devices import DeviceSummary
 from service.enums import IncidentKind
 from service.errors import Invalid
-from service.exports import ExportQuery, export_devices
-from service.models import AccessException, Incident, Person, Signature, Site
+from service.exports import iso
 
 device_app = typer.Typer(help="The device register.", no_args_is_help=True)
 PROGRESS_THRESHOLD = 500  # rows; smaller imports finish before a bar is worth drawing
@@ -133,11 +133,12 @@ def device_list(
     with state.reading() as session:
         if site:
             registry.get_site(session, site)
+        # Filtered here, not by list_devices: an unknown --status or --class lists nothing.
         rows = [
-            r
-            for r in export_devices(session, ExportQuery(site=site))
-            if (status is None or r["status"] == status)
-            and (device_class is None or r["device_class"] == device_class)
+            _device_row(d)
+            for d in devices.list_devices(session=session, site=site)
+            if (status is None or d.status.value == status)
+            and (device_class is None or d.device_class.value == device_class)
         ]
     print_rows(
         rows,
@@ -156,6 +157,25 @@ def device_list(
     )
 
 
+def _device_row(device: DeviceSummary) -> dict[str, Any]:
+    """A device as `export devices` writes it (the same keys, for --json)."""
+    return {
+        "mac": device.mac,
+        "site": device.site,
+        "device_class": device.device_class.value,
+        "status": device.status.value,
+        "status_reason": device.status_reason,
+        "owner": device.owner_name,
+        "owner_email": device.owner_email,
+        "owner_role": device.owner_role,
+        "asset_tag": device.asset_tag,
+        "name": device.name,
+        "needs_reassignment": device.needs_reassignment,
+        "created_at": iso(device.created_at),
+        "status_changed_at": iso(device.status_changed_at),
+    }
+
+
 @device_app.command("show")
 def device_show(
     ctx: typer.Context,
@@ -165,9 +185,8 @@ def device_show(
     """Everything known about one device: owner, status, signatures, exceptions, incidents."""
     state = get_state(ctx)
     with state.reading() as session:
-        device = registry.get_device(session, mac)
-        owner = session.get(Person, device.owner_id) if device.owner_id else None
-        site = session.get(Site, device.site_id)
+        record = devices.device_record(session=session, mac=mac)
+        device, owner = record.device, record.owner
         signatures = [
             {
                 "kind": s.agreement.kind.value,
@@ -178,17 +197,7 @@ def device_show(
                 else None,
                 "typed_name": s.typed_name,
             }
-            for s in session.scalars(
-                select(Signature)
-                .where(
-                    (Signature.device_id == device.id)
-                    | (
-                        (Signature.person_id == device.owner_id)
-                        & (Signature.person_id.is_not(None))
-                    )
-                )
-                .order_by(Signature.signed_at)
-            )
+            for s in record.signatures
         ]
         grants = [
             {
@@ -199,9 +208,7 @@ def device_show(
                 "until": g.valid_until.isoformat(timespec="seconds") if g.valid_until else None,
                 "revoked": g.revoked_at is not None,
             }
-            for g in session.scalars(
-                select(AccessException).where(AccessException.device_id == device.id)
-            )
+            for g in record.exceptions
         ]
         incidents = [
             {
@@ -209,11 +216,11 @@ def device_show(
                 "reported_by": i.reported_by,
                 "reported_at": i.reported_at.isoformat(timespec="seconds"),
             }
-            for i in session.scalars(select(Incident).where(Incident.device_id == device.id))
+            for i in record.incidents
         ]
         data = {
             "mac": device.mac,
-            "site": site.code if site else None,
+            "site": record.site,
             "device_class": device.device_class.value,
             "status": device.status.value,
             "status_reason": device.status_reason,

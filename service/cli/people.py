@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 
 import typer
-from sqlalchemy import select
 
-from service import registry
+from service import people, registry
 from service.cli.common import JsonOption, console, fail, get_state, print_rows
-from service.models import Person, Site
 
 person_app = typer.Typer(help="Staff, pupils, visitors and others.", no_args_is_help=True)
 
@@ -57,27 +55,21 @@ def person_list(
     """List people."""
     state = get_state(ctx)
     with state.reading() as session:
-        query = select(Person, Site.code).join(Site).order_by(Site.code, Person.name)
-        if site:
-            registry.get_site(session, site)
-            query = query.where(Site.code == site)
-        if role:
-            query = query.where(Person.role == role)
-        if not include_left:
-            query = query.where(Person.active.is_(True))
         rows = [
             {
                 "id": p.id,
-                "site": code,
+                "site": p.site,
                 "role": p.role.value,
                 "name": p.name,
                 "email": p.email,
                 "username": p.username,
                 "year": p.year_group,
                 "status": "active" if p.active else "left",
-                "has_password": p.password_hash is not None,
+                "has_password": p.has_password,
             }
-            for p, code in session.execute(query)
+            for p in people.list_people(
+                session=session, site=site, role=role, include_left=include_left
+            )
         ]
     print_rows(
         rows,

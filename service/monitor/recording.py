@@ -12,54 +12,14 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
-from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from service.errors import Invalid
-from service.monitor.categories import CategoryList
+from service.monitor.messages import Failed, Ready, RecordingResult, Setup
 from service.monitor.recorder import CALLS
-from service.monitor.records import Row
 
 Event = tuple[int, tuple[Any, ...]]  # (index of the call in recorder.CALLS, its arguments)
 _FLOW, _DNS, _DHCP, _ARP, _TICK, _FINISH = range(len(CALLS))
-# What the writer process keeps of the rows for the run's closing summary.
-SUMMARY_KINDS = ("visits", "alerts", "p2p_flows")
-
-
-@dataclass
-class Setup:
-    """What the writer process needs besides the event batches."""
-
-    database_url: str
-    site_code: str | None = None
-    categories: CategoryList | None = None
-    visit_idle_gap: float = 300.0
-    keep_summary: bool = False
-
-
-@dataclass
-class Ready:
-    """The writer process's first message: it has the database, the site and the attributor."""
-
-    timezone: str | None  # the site's, when a site was named
-
-
-@dataclass
-class Failed:
-    """The writer process's first message when it cannot start: one line for the user."""
-
-    message: str
-
-
-@dataclass
-class RecordingResult:
-    written: dict[str, int]
-    errors: int
-    last_error: str | None
-    counters: dict[str, int] = field(default_factory=dict)  # the recorder's: dns, visits, alerts
-    kept: dict[str, list[Row]] = field(default_factory=dict)  # SUMMARY_KINDS -> rows
-    # For the summary: device id -> "name (class)", person id -> name.
-    names: dict[str, dict[int, str]] = field(default_factory=dict)
 
 
 class Recording:

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 from service.errors import Invalid
 from service.monitor.categories import load_categories
 from service.monitor.engine import Monitor
+from service.monitor.messages import Setup
 from service.monitor.parser import LINK_ETHERNET
-from service.monitor.recording import Recording, Setup
+from service.monitor.recording import Recording
 from service.monitor.records import with_datetimes
 
 if TYPE_CHECKING:  # scapy is imported once the writer process has been forked (see _run)

@@ -33,8 +33,8 @@ from service.models.traffic import (
     TrafficVisit,
 )
 from service.monitor.attribution import load_attributor
+from service.monitor.messages import SUMMARY_KINDS, Failed, Ready, RecordingResult, Setup
 from service.monitor.recorder import CALLS, Recorder
-from service.monitor.recording import SUMMARY_KINDS, Failed, Ready, RecordingResult, Setup
 from service.monitor.records import FIELDS, P2P_FIELD, Counters, Row, with_datetimes
 
 TABLES: dict[str, Any] = {

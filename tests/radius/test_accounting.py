@@ -1,5 +1,5 @@
-"""Accounting records to session rows, on SQLite and PostgreSQL (no server: the batch writer's
-own function, with the records a NAS would send)."""
+"""Accounting records to session rows, on SQLite and PostgreSQL (no server: the service function
+the batch writer calls, with the records a NAS would send)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 
 from radius import codec
-from radius.accounting import AcctRecord, apply_records, parse_accounting
+from radius.accounting import parse_accounting
+from service.accounting import AcctRecord, AcctStatus, apply_accounting
 from service.db import transaction
 from service.models import AccountingSession, NasClient
 
@@ -34,9 +35,9 @@ def test_interim_without_start_and_nas_reboot(westgate, session_factory):
     later = T0 + timedelta(minutes=10)
     with transaction(session_factory) as session:
         # The Start was lost: the interim creates the row, started session_time earlier.
-        apply_records(
-            session,
-            [
+        apply_accounting(
+            session=session,
+            records=[
                 record(
                     codec.ACCT_INTERIM, nas_id, at=later, session_time=600, framed_ip="10.0.0.9"
                 ),
@@ -45,8 +46,9 @@ def test_interim_without_start_and_nas_reboot(westgate, session_factory):
         )
     with transaction(session_factory) as session:
         # The NAS rebooted: every open session of it ends.
-        apply_records(
-            session, [record(codec.ACCT_ON, nas_id, None, at=later + timedelta(minutes=1))]
+        apply_accounting(
+            session=session,
+            records=[record(codec.ACCT_ON, nas_id, None, at=later + timedelta(minutes=1))],
         )
     with session_factory() as session:
         rows = {r.acct_session_id: r for r in session.scalars(select(AccountingSession))}
@@ -83,3 +85,55 @@ def test_parse_accounting_reads_delay_gigawords_and_cause():
     assert parsed.output_octets == (2 << 32) + 5
     assert parsed.terminate_cause == "Idle-Timeout"
     assert parsed.framed_ip == "192.0.2.7"
+
+
+def test_start_interim_stop_in_one_batch(westgate, session_factory):
+    with session_factory() as session:
+        nas_id = session.scalar(select(NasClient.id))
+    with transaction(session_factory) as session:
+        apply_accounting(
+            session=session,
+            records=[
+                record(codec.ACCT_START, nas_id, username="jsmith"),
+                record(
+                    codec.ACCT_INTERIM,
+                    nas_id,
+                    at=T0 + timedelta(minutes=5),
+                    session_time=300,
+                    input_octets=100,
+                ),
+                record(
+                    codec.ACCT_STOP,
+                    nas_id,
+                    at=T0 + timedelta(minutes=10),
+                    session_time=600,
+                    input_octets=150,
+                    output_octets=7,
+                    terminate_cause="User-Request",
+                ),
+            ],
+        )
+    with session_factory() as session:
+        (row,) = session.scalars(select(AccountingSession))
+    assert (row.started_at, row.updated_at, row.stopped_at) == (
+        T0,
+        T0 + timedelta(minutes=10),
+        T0 + timedelta(minutes=10),
+    )
+    assert (row.username, row.session_time, row.input_octets, row.output_octets) == (
+        "jsmith",
+        600,
+        150,
+        7,
+    )
+    assert row.terminate_cause == "User-Request"
+
+
+def test_acct_status_is_the_codecs_acct_status_type():
+    assert (
+        AcctStatus.START,
+        AcctStatus.STOP,
+        AcctStatus.INTERIM,
+        AcctStatus.ACCOUNTING_ON,
+        AcctStatus.ACCOUNTING_OFF,
+    ) == (codec.ACCT_START, codec.ACCT_STOP, codec.ACCT_INTERIM, codec.ACCT_ON, codec.ACCT_OFF)

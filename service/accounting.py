@@ -1,0 +1,129 @@
+"""RFC 2866 accounting records as session rows.
+
+One `AccountingSession` row per (NAS, Acct-Session-Id, MAC): Start creates it, Interim-Update
+and Stop update it (creating it when the Start was lost), Accounting-On/Off close every open
+session of that NAS (it rebooted). The RADIUS server parses packets into `AcctRecord`s
+(radius/accounting.py) and its writer thread applies them in batches (radius/writer.py),
+committing before the Accounting-Responses of the batch are sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import IntEnum
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from service.models import AccountingSession
+
+
+class AcctStatus(IntEnum):
+    """Acct-Status-Type values (RFC 2866 §5.1)."""
+
+    START = 1
+    STOP = 2
+    INTERIM = 3
+    ACCOUNTING_ON = 7
+    ACCOUNTING_OFF = 8
+
+
+NAS_RESTART = (AcctStatus.ACCOUNTING_ON, AcctStatus.ACCOUNTING_OFF)
+
+
+@dataclass(frozen=True, slots=True)
+class AcctRecord:
+    """One Accounting-Request as the domain keeps it (radius/accounting.py builds it)."""
+
+    status: int  # an AcctStatus value
+    nas_id: int
+    nas_ip: str
+    site_code: str
+    at: datetime  # event time: now minus Acct-Delay-Time
+    nas_identifier: str | None = None
+    acct_session_id: str | None = None  # always set except for Accounting-On/Off
+    mac: str | None = None
+    username: str | None = None
+    framed_ip: str | None = None
+    called_station_id: str | None = None
+    nas_port_id: str | None = None
+    location: str | None = None
+    session_time: int | None = None
+    input_octets: int | None = None
+    output_octets: int | None = None
+    terminate_cause: str | None = None
+
+
+def apply_accounting(*, session: Session, records: Sequence[AcctRecord]) -> None:
+    """Write a batch of records as session rows, in order, with one query for the rows the
+    batch already has; flushes, the caller commits (and only then answers the NAS)."""
+    session_ids = {r.acct_session_id for r in records if r.acct_session_id}
+    rows: dict[tuple[int | None, str, str | None], AccountingSession] = {}
+    if session_ids:
+        for row in session.scalars(
+            select(AccountingSession).where(AccountingSession.acct_session_id.in_(session_ids))
+        ):
+            rows[(row.nas_id, row.acct_session_id, row.mac)] = row
+    for record in records:
+        if record.status in NAS_RESTART:
+            session.flush()
+            session.execute(
+                update(AccountingSession)
+                .where(
+                    AccountingSession.nas_id == record.nas_id,
+                    AccountingSession.stopped_at.is_(None),
+                )
+                .values(stopped_at=record.at, updated_at=record.at, terminate_cause="NAS-Reboot")
+            )
+            continue
+        assert record.acct_session_id is not None  # parse_accounting guarantees it
+        key = (record.nas_id, record.acct_session_id, record.mac)
+        found = rows.get(key)
+        if found is not None:
+            row = found
+        else:
+            started = record.at
+            if record.status != AcctStatus.START and record.session_time:
+                started = record.at - timedelta(seconds=record.session_time)
+            row = AccountingSession(
+                nas_id=record.nas_id,
+                nas_ip=record.nas_ip,
+                nas_identifier=record.nas_identifier,
+                site_code=record.site_code,
+                mac=record.mac,
+                username=record.username,
+                framed_ip=record.framed_ip,
+                acct_session_id=record.acct_session_id,
+                called_station_id=record.called_station_id,
+                nas_port_id=record.nas_port_id,
+                location=record.location,
+                started_at=started,
+                updated_at=record.at,
+                input_octets=0,
+                output_octets=0,
+            )
+            session.add(row)
+            rows[key] = row
+        _update(row, record)
+    session.flush()
+
+
+def _update(row: AccountingSession, record: AcctRecord) -> None:
+    row.updated_at = max(row.updated_at, record.at)
+    if record.framed_ip:
+        row.framed_ip = record.framed_ip
+    if record.username and not row.username:
+        row.username = record.username
+    if record.location and not row.location:
+        row.location = record.location
+    if record.session_time is not None:
+        row.session_time = max(row.session_time or 0, record.session_time)
+    if record.input_octets is not None:
+        row.input_octets = max(row.input_octets or 0, record.input_octets)
+    if record.output_octets is not None:
+        row.output_octets = max(row.output_octets or 0, record.output_octets)
+    if record.status == AcctStatus.STOP:
+        row.stopped_at = record.at
+        row.terminate_cause = record.terminate_cause
