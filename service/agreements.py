@@ -225,8 +225,10 @@ def list_signatures(*, session: Session) -> list[SignatureRow]:
             source=sig.source,
         )
         for sig, kind, version, mac in rows
+    ]
 
 
+@dataclass(frozen=True, slots=True)
 class AgreementSummary:
     """One published version of an agreement and how many signatures it has."""
 
