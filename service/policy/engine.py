@@ -6,6 +6,10 @@ exam sessions) which only lower it; exceptions, which only raise it (a headteach
 for one device is not undone by the timetable); then the gates a level needs (visitor AUA,
 staff approval and BYOD statement) which send the device to the registration portal.
 
+Each `Decision` also says how long it holds (`valid_until`: the next rule boundary, grant edge
+or signature expiry that could change it; `timeout_cap`) and which facts it rests on
+(`facts_key`), so the RADIUS decision cache can reuse it without re-deriving the policy.
+
 Hot path: the RADIUS server calls this for every Access-Request. It works on POSIX seconds,
 keeps per-policy memo tables (location per NAS identifiers, local clock per minute, rule
 boundaries per day) and allocates little. Guarded by `bench/policy.py` (target 100,000/s).
