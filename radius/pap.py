@@ -12,9 +12,29 @@ import hmac
 import os
 import threading
 import time
+from dataclasses import dataclass
+from typing import Any
 
+from radius.codec import RawPacket
+from radius.snapshot import NasEntry
 from service.facts import Credential
 from service.people import verify_password
+
+
+@dataclass(slots=True)
+class PapJob:
+    """A PAP request waiting for its argon2 check (run in a thread, then
+    `Authorizer.finish_pap` on the loop)."""
+
+    packet: RawPacket
+    nas: NasEntry
+    address: tuple[str, int]
+    credential: Credential | None
+    password: bytes
+    mac: str | None
+    username: str
+    started_ns: int
+    dedup_key: tuple[Any, ...]
 
 
 class PapVerifier:

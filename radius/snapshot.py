@@ -20,14 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
-
 from radius.codec import HmacKey, hmac_md5_key
 from radius.vendors import VendorProfile, profile_for
 from service.audit import NOTIFY_CHANNEL
+from service.db import Engine, SessionFactory
 from service.facts import NasInfo, Snapshot, change_version, load_snapshot
-from service.policy.model import DeviceFacts, SitePolicy
+from service.policy import SitePolicy, device_key
 
 log = logging.getLogger("schoolgate.radius.snapshot")
 
@@ -43,7 +41,7 @@ class NasEntry:
     policy: SitePolicy | None  # None when the NAS's site has no policy loaded yet
     # HMAC-MD5 keyed with the secret, copied for each Message-Authenticator.
     hmac_key: HmacKey = field(init=False, compare=False, repr=False)
-    # The authorizer's decision cache for this NAS (see `radius/authorizer.py`); it lives
+    # The decision cache for this NAS (see `radius/decision_cache.py`); it lives
     # and dies with this snapshot version.
     decisions: dict[tuple[Any, ...], tuple[Any, ...]] = field(
         default_factory=dict, compare=False, repr=False
@@ -53,29 +51,10 @@ class NasEntry:
         object.__setattr__(self, "hmac_key", hmac_md5_key(self.secret))
 
 
-# `HotState.profiles` value of a device the decision cache must not serve (it has exceptions
-# granted: their start and end times make its answer move in ways the cache does not follow).
+# `HotState.profiles` value of a device whose answers the decision cache must not share (the
+# engine gives it no facts key: it has exceptions granted).
 UNCACHED = -1
 UNKNOWN_DEVICE = 0  # a MAC the snapshot does not know
-
-
-def decision_profile(device: DeviceFacts) -> tuple[Any, ...] | None:
-    """What `service.policy.decide` reads of a device, or None when it has grants.
-
-    Devices with equal profiles get equal decisions at the same NAS, place and time (the MAC,
-    owner name and site do not enter a decision), so the authorizer caches decisions by
-    profile: a handful of profiles cover thousands of devices.
-    """
-    if device.grants:
-        return None
-    return (
-        device.device_class,
-        device.status,
-        device.status_reason,
-        device.owner_active,
-        device.aua_valid_until,
-        device.byod_valid_until,
-    )
 
 
 @dataclass
@@ -84,8 +63,8 @@ class HotState:
     exact: dict[str, NasEntry] = field(default_factory=dict)
     networks: list[tuple[Any, NasEntry]] = field(default_factory=list)
     _memo: dict[str, NasEntry | None] = field(default_factory=dict)
-    # MAC -> decision profile number (> 0; `UNCACHED` for a device with grants). A MAC not
-    # here is not registered.
+    # MAC -> number of its facts key (`service.policy.device_key`: devices with the same
+    # number get the same answers; > 0, or `UNCACHED`). A MAC not here is not registered.
     profiles: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -122,7 +101,7 @@ def build_state(snapshot: Snapshot) -> HotState:
     numbers: dict[tuple[Any, ...], int] = {}
     profiles = state.profiles
     for mac, device in snapshot.devices.items():
-        profile = decision_profile(device)
+        profile = device_key(device)
         if profile is None:
             profiles[mac] = UNCACHED
         else:
@@ -152,7 +131,7 @@ def build_state(snapshot: Snapshot) -> HotState:
     return state
 
 
-def load_state(factory: sessionmaker[Session]) -> HotState:
+def load_state(factory: SessionFactory) -> HotState:
     with factory() as session, session.begin():
         return build_state(load_snapshot(session))
 
@@ -163,7 +142,7 @@ class SnapshotKeeper:
     def __init__(
         self,
         engine: Engine,
-        factory: sessionmaker[Session],
+        factory: SessionFactory,
         *,
         poll_seconds: float,
         on_swap: Callable[[HotState], None],

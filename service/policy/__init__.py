@@ -1,6 +1,6 @@
 """The policy engine: a pure function from (request, facts, site policy, time) to a decision."""
 
-from service.policy.engine import decide, locate
+from service.policy.engine import decide, device_key, locate, session_timeout_at
 from service.policy.loader import load_policy_text, parse_duration
 from service.policy.model import (
     NO_EXPIRY,
@@ -23,7 +23,9 @@ __all__ = [
     "Rule",
     "SitePolicy",
     "decide",
+    "device_key",
     "load_policy_text",
     "locate",
     "parse_duration",
+    "session_timeout_at",
 ]

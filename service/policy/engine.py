@@ -6,6 +6,10 @@ exam sessions) which only lower it; exceptions, which only raise it (a headteach
 for one device is not undone by the timetable); then the gates a level needs (visitor AUA,
 staff approval and BYOD statement) which send the device to the registration portal.
 
+Each `Decision` also says how long it holds (`valid_until`: the next rule boundary, grant edge
+or signature expiry that could change it; `timeout_cap`) and which facts it rests on
+(`facts_key`), so the RADIUS decision cache can reuse it without re-deriving the policy.
+
 Hot path: the RADIUS server calls this for every Access-Request. It works on POSIX seconds,
 keeps per-policy memo tables (location per NAS identifiers, local clock per minute, rule
 boundaries per day) and allocates little. Guarded by `bench/policy.py` (target 100,000/s).
@@ -16,8 +20,9 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
-from service.enums import Access, DeviceClass, DeviceStatus
+from service.enums import Access, DeviceClass, DeviceStatus, Role
 from service.policy.model import (
     AccessRequest,
     Decision,
@@ -34,7 +39,15 @@ STAFF = DeviceClass.STAFF_OWNED
 PERSONAL = frozenset(
     {DeviceClass.STAFF_OWNED, DeviceClass.LEARNER_OWNED, DeviceClass.VISITOR_OWNED}
 )
+STAFF_ROLE = Role.STAFF
 _LOCATION_MEMO_LIMIT = 50_000
+_INF = math.inf
+
+UNKNOWN_KEY: tuple[Any, ...] = ()  # the device facts key of a device the school does not know
+UNKNOWN_REASON = (
+    "This device is not registered with the school, so it only reaches the registration "
+    "portal, where a visitor signs the acceptable use agreement or staff register it."
+)
 
 CLASS_LABEL = {
     DeviceClass.SCHOOL_SINGLE: "A school-owned device allocated to one person",
@@ -52,6 +65,17 @@ LEVEL_TEXT = {
     Access.INTERNET: "internet-only access",
     Access.NONE: "no network access",
 }
+# How a PAP login by staff from an unknown device is decided: as their own device, pending.
+_STAFF_UNKNOWN = DeviceFacts(
+    mac="", device_class=STAFF, status=DeviceStatus.PENDING, owner_role=STAFF_ROLE
+)
+_STAFF_UNKNOWN_LEFT = DeviceFacts(
+    mac="",
+    device_class=STAFF,
+    status=DeviceStatus.PENDING,
+    owner_role=STAFF_ROLE,
+    owner_active=False,
+)
 STATUS_REASON = {
     DeviceStatus.REVOKED: "The school revoked this device's access",
     DeviceStatus.LOST: "This device was reported lost or stolen, so its access is revoked",
@@ -65,25 +89,37 @@ def decide(
     policy: SitePolicy,
     now: datetime,
 ) -> Decision:
-    """Answer one access question. No I/O; `now` must be timezone-aware."""
+    """Answer one access question, and say how long the answer holds (`Decision`). No I/O;
+    `now` must be timezone-aware."""
     ts = now.timestamp()
     location = locate(policy, request)
     if device is None:
-        return _registration(
-            policy,
-            ts,
-            location,
-            "This device is not registered with the school, so it only reaches the registration "
-            "portal, where a visitor signs the acceptable use agreement or staff register it.",
-            "unknown-device",
-            (),
-        )
+        if request.user_role is not STAFF_ROLE or request.mac is None:
+            timeout = policy.registration_timeout
+            return Decision(
+                REGISTRATION,
+                policy.vlans[REGISTRATION],
+                UNKNOWN_REASON,
+                "unknown-device",
+                timeout,
+                location,
+                None,
+                timeout,
+                (UNKNOWN_KEY, location),
+            )
+        # A member of staff signed in with their own password (PAP) from a device the school
+        # does not know: it is their own device, not yet approved (so it lands in
+        # registration, where they can register it, instead of being refused).
+        device = _STAFF_UNKNOWN if request.user_active else _STAFF_UNKNOWN_LEFT
+    key = device_key(device)
+    facts_key = None if key is None else (key, location)
     status = device.status
     if status.is_blocked:
         reason = STATUS_REASON[status]
         if device.status_reason:
             reason += f" ({device.status_reason})"
-        return Decision(NONE, None, reason + ".", f"status.{status.value}", None, location)
+        rule_name = f"status.{status.value}"
+        return Decision(NONE, None, reason + ".", rule_name, None, location, None, None, facts_key)
     device_class = device.device_class
     if device_class in PERSONAL and not device.owner_active:
         return Decision(
@@ -93,12 +129,15 @@ def decide(
             "owner-left",
             None,
             location,
+            None,
+            None,
+            facts_key,
         )
 
     base = policy.access[device_class]
     level = base
     narrowing: Rule | None = None
-    weekday, minute = _clock(policy, ts)
+    _, weekday, minute, _ = _clock(policy, ts)
     for rule in policy.rules:
         if (
             device_class in rule.classes
@@ -112,6 +151,8 @@ def decide(
     widened = grant is not None and grant.access.rank > level.rank
     if grant is not None and widened:
         level = grant.access
+    horizon = change_horizon(policy, device, location, ts)
+    valid_until = None if horizon == _INF else horizon
 
     label = CLASS_LABEL[device_class]
     if level is NONE:
@@ -121,66 +162,59 @@ def decide(
                 f'{label}: the rule "{narrowing.name}" applies{where} at this time, '
                 "so it has no network access."
             )
-            return Decision(NONE, None, reason, f"rule:{narrowing.name}", None, location)
-        reason = f"{label}: {policy.school_name}'s policy gives it no network access."
-        extra = policy.explanations.get(device_class.value)
-        if extra:
-            reason += f" {extra}"
-        return Decision(NONE, None, reason, f"access.{device_class.value}", None, location)
+            rule_name = f"rule:{narrowing.name}"
+        else:
+            reason = f"{label}: {policy.school_name}'s policy gives it no network access."
+            extra = policy.explanations.get(device_class.value)
+            if extra:
+                reason += f" {extra}"
+            rule_name = f"access.{device_class.value}"
+        return Decision(NONE, None, reason, rule_name, None, location, valid_until, None, facts_key)
 
     # The gates: what the level needs before it is granted.
+    gate: str | None = None
     if device_class is VISITOR:
         until = device.aua_valid_until
         if until is None or until <= ts:
+            gate = "gate.visitor-aua"
             reason = (
                 "A visitor's own device gets internet access once the visitor acceptable use "
-                "agreement is signed at the portal"
+                "agreement is signed at the portal."
                 if until is None
                 else "The visitor's signed acceptable use agreement has expired; signing it again "
-                "at the portal restores access"
-            )
-            return _registration(
-                policy,
-                ts,
-                location,
-                reason + ".",
-                "gate.visitor-aua",
-                device.grants,
-                _session_timeout(policy, device, location, ts),
+                "at the portal restores access."
             )
     elif device_class is STAFF:
-        if policy.staff_needs_approval and status is DeviceStatus.PENDING:
-            return _registration(
-                policy,
-                ts,
-                location,
-                "A member of staff's own device needs the school's permission first: it is "
-                "waiting for IT to approve it.",
-                "gate.staff-approval",
-                device.grants,
-                _session_timeout(policy, device, location, ts),
-            )
         until = device.byod_valid_until
-        if policy.staff_needs_byod_statement and (until is None or until <= ts):
-            return _registration(
-                policy,
-                ts,
-                location,
+        if policy.staff_needs_approval and status is DeviceStatus.PENDING:
+            gate = "gate.staff-approval"
+            reason = (
+                "A member of staff's own device needs the school's permission first: it is "
+                "waiting for IT to approve it."
+            )
+        elif policy.staff_needs_byod_statement and (until is None or until <= ts):
+            gate = "gate.staff-byod"
+            reason = (
                 "A member of staff's own device needs the signed BYOD statement; it can be "
-                "signed at the portal.",
-                "gate.staff-byod",
-                device.grants,
-                _session_timeout(policy, device, location, ts),
+                "signed at the portal."
             )
     elif status is DeviceStatus.PENDING:
-        return _registration(
-            policy,
-            ts,
+        gate = "gate.pending"
+        reason = f"{label} is waiting for IT to approve it."
+    if gate is not None:
+        # Behind a gate the level still follows rules and grants: when one of those ends the
+        # answer may change (to no access, say), so the timeout does not outlive it.
+        cap = min(policy.registration_timeout, policy.max_session_timeout)
+        return Decision(
+            REGISTRATION,
+            policy.vlans[REGISTRATION],
+            reason,
+            gate,
+            session_timeout_at(ts, valid_until, cap),
             location,
-            f"{label} is waiting for IT to approve it.",
-            "gate.pending",
-            device.grants,
-            _session_timeout(policy, device, location, ts),
+            valid_until,
+            cap,
+            facts_key,
         )
 
     reason = f"{label} gets {LEVEL_TEXT[base]} under {policy.school_name}'s policy"
@@ -197,8 +231,47 @@ def decide(
         if grant.valid_until != math.inf:
             reason += f" until {_local_text(policy, grant.valid_until)}"
         rule_name = "exception"
-    timeout = _session_timeout(policy, device, location, ts)
-    return Decision(level, policy.vlans[level], reason + ".", rule_name, timeout, location)
+    cap = policy.max_session_timeout
+    return Decision(
+        level,
+        policy.vlans[level],
+        reason + ".",
+        rule_name,
+        session_timeout_at(ts, valid_until, cap),
+        location,
+        valid_until,
+        cap,
+        facts_key,
+    )
+
+
+def device_key(device: DeviceFacts) -> tuple[Any, ...] | None:
+    """What `decide()` reads of a device (its facts key), or None when it has exceptions
+    granted (their start and end make its answer its own).
+
+    Devices with equal keys get equal decisions at the same place and time: the MAC, owner
+    name and site do not enter a decision. The RADIUS server numbers devices by this key and
+    reuses one answer for all devices of a number (a handful cover thousands of devices).
+    """
+    if device.grants:
+        return None
+    return (
+        device.device_class,
+        device.status,
+        device.status_reason,
+        device.owner_active,
+        device.aua_valid_until,
+        device.byod_valid_until,
+    )
+
+
+def session_timeout_at(ts: float, valid_until: float | None, cap: int) -> int:
+    """The Session-Timeout of an answer at `ts` (before its `valid_until`): the seconds until
+    it could change, at most `cap`. `decide()` gives it for `now`; the RADIUS decision cache
+    asks again for each later packet that reuses the answer."""
+    if valid_until is None:
+        return cap
+    return max(1, math.floor(min(ts + cap, valid_until) - ts))
 
 
 def locate(policy: SitePolicy, request: AccessRequest) -> str | None:
@@ -225,24 +298,6 @@ def locate(policy: SitePolicy, request: AccessRequest) -> str | None:
         memo.clear()
     memo[key] = result
     return result
-
-
-def _registration(
-    policy: SitePolicy,
-    ts: float,
-    location: str | None,
-    reason: str,
-    rule: str,
-    grants: tuple[Grant, ...],
-    cap: int | None = None,
-) -> Decision:
-    """`cap`: behind a gate the level still follows rules and grants; when one of those ends
-    the answer may change (to no access, say), so the timeout must not outlive it."""
-    timeout = policy.registration_timeout if cap is None else min(policy.registration_timeout, cap)
-    for grant in grants:  # a grant starting soon changes the answer
-        if ts < grant.valid_from < ts + timeout:
-            timeout = max(1, math.floor(grant.valid_from - ts))
-    return Decision(REGISTRATION, policy.vlans[REGISTRATION], reason, rule, timeout, location)
 
 
 def _best_grant(grants: tuple[Grant, ...], ts: float) -> Grant | None:
@@ -272,24 +327,17 @@ def _rule_applies(rule: Rule, location: str | None, ts: float, weekday: int, min
     return True
 
 
-def _clock(policy: SitePolicy, ts: float) -> tuple[int, int]:
-    """(weekday, minute of the local day) for `ts`, memoised per UTC minute."""
+def _clock(policy: SitePolicy, ts: float) -> tuple[int, int, int, int]:
+    """(UTC minute, weekday, minute of the local day, local date's ordinal) for `ts`,
+    memoised per UTC minute (converting to the site's zone is the engine's dearest step)."""
     bucket = int(ts // 60)
-    memo = policy._memo.get("clock")
+    memo: tuple[int, int, int, int] | None = policy._memo.get("clock")
     if memo is not None and memo[0] == bucket:
-        return memo[1], memo[2]
+        return memo
     local = datetime.fromtimestamp(ts, policy.tz)
-    weekday, minute = local.weekday(), local.hour * 60 + local.minute
-    policy._memo["clock"] = (bucket, weekday, minute)
-    return weekday, minute
-
-
-def _session_timeout(
-    policy: SitePolicy, device: DeviceFacts, location: str | None, ts: float
-) -> int:
-    """Seconds until the answer could change, capped by the policy's maximum."""
-    horizon = min(ts + policy.max_session_timeout, change_horizon(policy, device, location, ts))
-    return max(1, math.floor(horizon - ts))
+    memo = (bucket, local.weekday(), local.hour * 60 + local.minute, local.toordinal())
+    policy._memo["clock"] = memo
+    return memo
 
 
 def change_horizon(
@@ -324,11 +372,12 @@ def _boundaries(
 ) -> tuple[float, ...]:
     """Sorted instants around `ts` at which a rule relevant to this class and place may start or
     stop applying (window edges, day changes, absolute from/until, clock changes)."""
-    day = datetime.fromtimestamp(ts, policy.tz).date()
-    key = ("bounds", day.toordinal(), device_class, location)
+    ordinal = _clock(policy, ts)[3]
+    key = ("bounds", ordinal, device_class, location)
     cached = policy._memo.get(key)
     if cached is not None:
         return cached  # type: ignore[no-any-return]
+    day = date.fromordinal(ordinal)
     rules = [
         r
         for r in policy.rules

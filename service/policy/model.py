@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -25,6 +26,10 @@ class AccessRequest:
     called_station_id: str | None = None  # AP MAC, optionally ":SSID"
     nas_port_id: str | None = None
     username: str | None = None
+    # The role of the person whose own password (PAP) this request carried, once it checked
+    # out, and whether that person is still active; None for MAB (the device alone decides).
+    user_role: Role | None = None
+    user_active: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +63,27 @@ class DeviceFacts:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """One answer, and how long it holds.
+
+    The answer stays the same until `valid_until` (POSIX seconds; None: until the facts
+    change, nothing in the policy moves it) for every request whose facts have the same
+    `facts_key` (the device's facts as `decide()` reads them, and the place it matched; None
+    when the answer is the device's own, e.g. it has exceptions granted). Meanwhile its
+    Session-Timeout at an instant `ts` is `session_timeout_at(ts, valid_until,
+    timeout_cap)`: that is how the RADIUS server reuses an answer without re-deriving it.
+    """
+
     access: Access
     vlan: int | None
     reason: str
     rule: str
     session_timeout: int | None  # seconds until the answer could change; None for a reject
     location: str | None = None
+    valid_until: float | None = None
+    # The longest Session-Timeout this answer is given (the policy's maximum; the registration
+    # timeout behind a gate); None for a reject.
+    timeout_cap: int | None = None
+    facts_key: tuple[Any, ...] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +93,11 @@ class Decision:
             "rule": self.rule,
             "session_timeout": self.session_timeout,
             "location": self.location,
+            "valid_until": (
+                None
+                if self.valid_until is None
+                else datetime.fromtimestamp(self.valid_until, UTC).isoformat(timespec="seconds")
+            ),
         }
 
 

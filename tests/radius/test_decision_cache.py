@@ -11,6 +11,7 @@ Session-Timeout.
 from __future__ import annotations
 
 import ipaddress
+import math
 import random
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,8 @@ from radius import authorizer as authorizer_module
 from radius import codec
 from radius.authorizer import Authorizer
 from radius.counters import Counters
-from radius.snapshot import build_state
+from radius.decision_cache import DECISION_TTL
+from radius.snapshot import UNCACHED, build_state
 from service.enums import Access, DeviceClass, DeviceStatus, NasVendor
 from service.facts import NasInfo, Snapshot
 from service.mac import format_mac
@@ -189,3 +191,34 @@ def test_cached_answers_are_the_engines_at_every_instant(
             )
             assert packet.integer(codec.SESSION_TIMEOUT) == expected.session_timeout
     assert decided[0] < 0.6 * asked  # the cache answered the second asks, and more
+
+
+def test_the_cache_keeps_only_answers_the_engine_says_are_shared(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A device with an exception gets a `facts_key` of None from the engine: answered, never
+    stored. The others are stored until the engine's `valid_until` (and the backstop)."""
+    authorizer, _, snapshot = _authorizer("spt.toml")
+    monkeypatch.setattr(authorizer_module, "_time", lambda: START + 4 * 3600)
+    nas = authorizer.state.exact[NAS[0]]
+    for identifier, (mac, device) in enumerate(snapshot.devices.items()):
+        attrs = codec.attr_text(codec.CALLING_STATION_ID, format_mac(mac, "hyphen-upper"))
+        attrs += codec.attr_int(codec.SERVICE_TYPE, codec.SERVICE_TYPE_CALL_CHECK)
+        request = codec.encode_request(codec.ACCESS_REQUEST, identifier & 0xFF, attrs, SECRET)
+        assert isinstance(authorizer.handle_auth(request, NAS), bytes)
+        profile = authorizer.state.profiles[mac]
+        answer = nas.decisions.get((profile, None, None, None))
+        if device.grants:
+            assert profile == UNCACHED
+            assert answer is None
+        else:
+            assert answer is not None
+            expected = decide(
+                AccessRequest(mac),
+                device,
+                snapshot.policies["spt"],
+                datetime.fromtimestamp(START + 4 * 3600, UTC),
+            )
+            assert answer[0] == min(
+                expected.valid_until or math.inf, START + 4 * 3600 + DECISION_TTL
+            )

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from service.enums import Access, DeviceClass, DeviceStatus
-from service.policy import NO_EXPIRY, AccessRequest, Grant, decide
+from service.enums import Access, DeviceClass, DeviceStatus, Role
+from service.policy import (
+    NO_EXPIRY,
+    AccessRequest,
+    Grant,
+    decide,
+    device_key,
+    session_timeout_at,
+)
 from tests.service.policy_fixtures import SIGNED, at, facts, london, policy
 
 C = DeviceClass
@@ -493,3 +500,118 @@ def test_clock_change_is_respected() -> None:
     decision = decide(at("AP-CLASS-1"), device, p, before)
     assert decision.access is Access.SEGREGATED
     assert decision.session_timeout == 60
+
+
+# A PAP login (the person's own password, checked) from a device the school does not know:
+# (school, when, NAS identifier, role, person active, expected access, expected rule)
+UNKNOWN_DEVICE_LOGINS = [
+    # Active staff: decided as their own device, pending approval (so: registration).
+    (
+        "guest-network",
+        MONDAY_10,
+        None,
+        Role.STAFF,
+        True,
+        Access.REGISTRATION,
+        "gate.staff-approval",
+    ),
+    (
+        "spt",
+        MONDAY_10,
+        "AP-STAFFROOM-1",
+        Role.STAFF,
+        True,
+        Access.REGISTRATION,
+        "gate.staff-approval",
+    ),
+    # ... which still follows the rules: a BYOD-free place and time has no access at all.
+    (
+        "spt",
+        MONDAY_10,
+        "AP-CLASS-3",
+        Role.STAFF,
+        True,
+        Access.NONE,
+        "rule:personal devices off in working hours, except staffroom and SLT offices",
+    ),
+    # Staff no longer active (a password remembered from before they left): owner left.
+    ("guest-network", MONDAY_10, None, Role.STAFF, False, Access.NONE, "owner-left"),
+    # Anyone else, and MAB (no person): an unknown device.
+    ("guest-network", MONDAY_10, None, Role.LEARNER, True, Access.REGISTRATION, "unknown-device"),
+    ("guest-network", MONDAY_10, None, Role.VISITOR, True, Access.REGISTRATION, "unknown-device"),
+    ("guest-network", MONDAY_10, None, None, True, Access.REGISTRATION, "unknown-device"),
+]
+
+
+@pytest.mark.parametrize(
+    ("school", "when", "nas", "role", "active", "expected", "rule"), UNKNOWN_DEVICE_LOGINS
+)
+def test_unknown_device_of_a_signed_in_person(school, when, nas, role, active, expected, rule):
+    request = AccessRequest(
+        mac="aa:bb:cc:00:00:09",
+        nas_identifier=nas,
+        username="someone",
+        user_role=role,
+        user_active=active,
+    )
+    decision = decide(request, None, policy(school), london(when))
+    assert (decision.access, decision.rule) == (expected, rule), decision.reason
+    if rule.startswith("gate.staff"):
+        pending = facts(C.STAFF_OWNED, status=S.PENDING)
+        assert decision == decide(at(nas), pending, policy(school), london(when))
+
+
+def test_staff_login_without_a_device_mac_is_an_unknown_device() -> None:
+    request = AccessRequest(mac=None, username="someone", user_role=Role.STAFF)
+    decision = decide(request, None, policy("guest-network"), london(MONDAY_10))
+    assert decision.rule == "unknown-device"
+
+
+# The engine says how long its answer holds: (school, when, NAS, class, signed?, valid until
+# (site-local; None = until the facts change), timeout cap (None for a reject)).
+VALIDITY = [
+    # Nothing in Westgate's policy moves a school laptop's answer: up to the policy's maximum.
+    ("westgate", MONDAY_10, None, C.SCHOOL_SINGLE, False, None, 12 * 3600),
+    # SPT: staff devices are off from 08:30 in classrooms, back at 15:30.
+    ("spt", "2026-11-23 08:00", "AP-CLASS-1", C.STAFF_OWNED, True, "2026-11-23 08:30", 12 * 3600),
+    ("spt", MONDAY_10, "AP-CLASS-1", C.STAFF_OWNED, True, "2026-11-23 15:30", None),
+    # A visitor's agreement that ends at 18:00 ends the answer then.
+    ("westgate", MONDAY_10, None, C.VISITOR_OWNED, "2026-11-23 18:00", "2026-11-23 18:00", 43200),
+    # Behind a gate: the registration timeout caps the session.
+    ("westgate", MONDAY_10, None, C.VISITOR_OWNED, False, None, 300),
+]
+
+
+@pytest.mark.parametrize(
+    ("school", "when", "nas", "device_class", "signed", "until", "cap"), VALIDITY
+)
+def test_decision_says_how_long_it_holds(school, when, nas, device_class, signed, until, cap):
+    signature = (
+        london(signed).timestamp() if isinstance(signed, str) else SIGNED if signed else None
+    )
+    device = facts(device_class, aua_until=signature, byod_until=signature)
+    p = policy(school)
+    decision = decide(at(nas), device, p, london(when))
+    assert decision.valid_until == (None if until is None else london(until).timestamp())
+    assert decision.timeout_cap == cap
+    assert decision.facts_key == (device_key(device), decision.location)
+    # The same answer until then, with the Session-Timeout the cache computes for it.
+    end = decision.valid_until or london(when).timestamp() + 86400
+    for ts in (london(when).timestamp() + 0.5, (london(when).timestamp() + end) / 2, end - 0.25):
+        later_decision = decide(at(nas), device, p, datetime.fromtimestamp(ts, UTC))
+        assert later_decision.rule == decision.rule
+        assert later_decision.valid_until == decision.valid_until
+        if cap is not None:
+            assert later_decision.session_timeout == session_timeout_at(
+                ts, decision.valid_until, cap
+            )
+    after = decide(at(nas), device, p, datetime.fromtimestamp(end, UTC))
+    if until is not None:
+        assert after.rule != decision.rule
+
+
+def test_device_with_exceptions_has_no_shared_facts_key() -> None:
+    grant = Grant(Access.INTERNET, later(-1), NO_EXPIRY, "glucose monitor app", "headteacher")
+    device = facts(C.LEARNER_OWNED, grants=(grant,))
+    assert device_key(device) is None
+    assert decide(at(), device, policy("chancery"), london(MONDAY_10)).facts_key is None
