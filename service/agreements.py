@@ -121,6 +121,7 @@ def sign_agreement(
     user_agent: str | None = None,
     organisation: str | None = None,
     visiting: str | None = None,
+    now: datetime | None = None,
 ) -> Signature:
     """Record a signature of the current version, for a person and/or a device."""
     if not typed_name.strip():
@@ -145,7 +146,9 @@ def sign_agreement(
     device_ids = [device.id] if device is not None else []
     if person is not None:
         device_ids += list(session.scalars(select(Device.id).where(Device.owner_id == person.id)))
-    with enforcement.watch(session, device_ids=device_ids, reason=f"{kind.value} signed"):
+    # `now`: the moment the change is decided at (the portal's clock), not `signed_at`, which
+    # may be a paper form's date.
+    with enforcement.watch(session, device_ids=device_ids, reason=f"{kind.value} signed", now=now):
         signature = Signature(
             agreement_id=agreement.id,
             person_id=person.id if person else None,

@@ -8,6 +8,7 @@ import io
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, joinedload
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session, joinedload
 from service import audit, enforcement
 from service.enums import AuditTag, DeviceClass, DeviceStatus, IncidentKind
 from service.errors import Conflict, Invalid, NotFound
+from service.export_types import iso
 from service.mac import normalize_mac
 from service.models import (
     AccessException,
@@ -63,6 +65,7 @@ def add_device(
     status: DeviceStatus | None = None,
     actor: str,
     audit_tag: AuditTag = AuditTag.DEVICE_CREATE,
+    now: datetime | None = None,
 ) -> Device:
     canonical = normalize_mac(mac)
     site = get_site(session, site_code)
@@ -87,7 +90,7 @@ def add_device(
         name=name or None,
         status=status or default_status(cls),
     )
-    with enforcement.watch(session, macs=[canonical], reason="device added"):
+    with enforcement.watch(session, macs=[canonical], reason="device added", now=now):
         session.add(device)
         session.flush()
     audit.record(
@@ -384,6 +387,24 @@ class DeviceSummary:
     created_at: datetime
     status_changed_at: datetime | None
 
+    def as_row(self) -> dict[str, Any]:
+        """The device as `export devices` and `device list --json` write it."""
+        return {
+            "mac": self.mac,
+            "site": self.site,
+            "device_class": self.device_class.value,
+            "status": self.status.value,
+            "status_reason": self.status_reason,
+            "owner": self.owner_name,
+            "owner_email": self.owner_email,
+            "owner_role": self.owner_role,
+            "asset_tag": self.asset_tag,
+            "name": self.name,
+            "needs_reassignment": self.needs_reassignment,
+            "created_at": iso(self.created_at),
+            "status_changed_at": iso(self.status_changed_at),
+        }
+
     @property
     def owner_ref(self) -> str | None:
         """How the owner is named to an admin: email, else username, else name."""
@@ -404,9 +425,12 @@ def list_devices(
     owner: str | None = None,
     status: DeviceStatus | str | None = None,
     device_class: DeviceClass | str | None = None,
+    created_since: datetime | None = None,
+    created_until: datetime | None = None,
 ) -> list[DeviceSummary]:
-    """The register filtered by any of site, MAC, asset tag, owner (email, username or name)
-    and status, ordered by site and MAC: one query, whatever the number of rows."""
+    """The register filtered by any of site, MAC, asset tag, owner (email, username or name),
+    status, class and when it was registered (since inclusive, until exclusive), ordered by
+    site and MAC: one query, whatever the number of rows."""
     query = (
         select(Device, Site.code, Person)
         .join(Site, Device.site_id == Site.id)
@@ -423,6 +447,10 @@ def list_devices(
         query = query.where(
             or_(Person.email == owner.lower(), Person.username == owner, Person.name == owner)
         )
+    if created_since is not None:
+        query = query.where(Device.created_at >= created_since)
+    if created_until is not None:
+        query = query.where(Device.created_at < created_until)
     if status:
         query = query.where(Device.status == DeviceStatus(status))
     if device_class:

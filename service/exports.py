@@ -16,6 +16,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, aliased
 
 from service import enforcement
+from service.devices import list_devices
 from service.export_types import Exporter, ExportQuery, iso
 from service.models import (
     AccessException,
@@ -60,31 +61,10 @@ def _window(query: _Q, column: Any, q: ExportQuery) -> _Q:
 
 
 def export_devices(session: Session, q: ExportQuery) -> Iterator[dict[str, Any]]:
-    query = (
-        select(Device, Site.code, Person)
-        .join(Site, Device.site_id == Site.id)
-        .outerjoin(Person, Device.owner_id == Person.id)
-        .order_by(Site.code, Device.mac)
-    )
-    if q.site:
-        query = query.where(Site.code == q.site)
-    query = _window(query, Device.created_at, q)
-    for device, site, owner in session.execute(query):
-        yield {
-            "mac": device.mac,
-            "site": site,
-            "device_class": device.device_class.value,
-            "status": device.status.value,
-            "status_reason": device.status_reason,
-            "owner": owner.name if owner else None,
-            "owner_email": owner.email if owner else None,
-            "owner_role": owner.role.value if owner else None,
-            "asset_tag": device.asset_tag,
-            "name": device.name,
-            "needs_reassignment": device.needs_reassignment,
-            "created_at": iso(device.created_at),
-            "status_changed_at": iso(device.status_changed_at),
-        }
+    for device in list_devices(
+        session=session, site=q.site, created_since=q.since, created_until=q.until
+    ):
+        yield device.as_row()
 
 
 def export_decisions(session: Session, q: ExportQuery) -> Iterator[dict[str, Any]]:

@@ -82,6 +82,7 @@ def _register(
                 name=new_device.name,
                 status=new_device.status,
                 actor=actor,
+                now=now,
             )
         else:
             may_sign_for(device)
@@ -99,6 +100,7 @@ def _register(
             user_agent=user_agent,
             organisation=organisation,
             visiting=visiting,
+            now=now,
         )
     return Registration(device=device, signature=signature, device_added=added)
 

@@ -135,8 +135,6 @@ def device_disconnect(
         fail(str(exc))
     if not ids:
         fail(f"no open session for {mac}: nothing to disconnect")
-    if flush_queued not in state.after_commit_hooks:
-        flush_queued(state)
     with state.reading() as session:
         shown = [
             enforcement.request_dict(r)

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from service import devices, registry
 from service.cli.common import JsonOption, console, fail, get_state, print_json, print_rows
-from service.devices import DeviceSummary
 from service.enums import IncidentKind
 from service.errors import Invalid
-from service.exports import iso
 
 device_app = typer.Typer(help="The device register.", no_args_is_help=True)
 PROGRESS_THRESHOLD = 500  # rows; smaller imports finish before a bar is worth drawing
@@ -135,7 +132,7 @@ def device_list(
             registry.get_site(session, site)
         # Filtered here, not by list_devices: an unknown --status or --class lists nothing.
         rows = [
-            _device_row(d)
+            d.as_row()
             for d in devices.list_devices(session=session, site=site)
             if (status is None or d.status.value == status)
             and (device_class is None or d.device_class.value == device_class)
@@ -155,25 +152,6 @@ def device_list(
         as_json,
         empty="no devices",
     )
-
-
-def _device_row(device: DeviceSummary) -> dict[str, Any]:
-    """A device as `export devices` writes it (the same keys, for --json)."""
-    return {
-        "mac": device.mac,
-        "site": device.site,
-        "device_class": device.device_class.value,
-        "status": device.status.value,
-        "status_reason": device.status_reason,
-        "owner": device.owner_name,
-        "owner_email": device.owner_email,
-        "owner_role": device.owner_role,
-        "asset_tag": device.asset_tag,
-        "name": device.name,
-        "needs_reassignment": device.needs_reassignment,
-        "created_at": iso(device.created_at),
-        "status_changed_at": iso(device.status_changed_at),
-    }
 
 
 @device_app.command("show")
