@@ -97,6 +97,14 @@ def _oidc_unavailable(portal: Portal, request: Request) -> HTMLResponse:
     )
 
 
+def _provider_unavailable(
+    portal: Portal, request: Request, client: Client, exc: ProviderUnavailable, message: str
+) -> HTMLResponse:
+    """The school's sign-in provider did not answer: logged, and the sign-in page again."""
+    log.warning("portal: OIDC sign-in for %s (%s): %s", client.ip, client.mac, exc)
+    return _staff_signin_page(portal, request, client, [message], "", 503)
+
+
 @router.get("/staff/oidc")
 def staff_oidc_start(request: Request, portal: PortalDep) -> Response:
     """Start the OIDC sign-in: 302 to the provider, the device's MAC inside `state`."""
@@ -109,17 +117,13 @@ def staff_oidc_start(request: Request, portal: PortalDep) -> Response:
     try:
         url = oidc.start(client.mac)
     except ProviderUnavailable as exc:
-        log.warning("portal: OIDC sign-in for %s (%s): %s", client.ip, client.mac, exc)
-        return _staff_signin_page(
+        return _provider_unavailable(
             portal,
             request,
             client,
-            [
-                f"We cannot reach {oidc.name} just now: try again in a minute, "
-                "or sign in with your school network account."
-            ],
-            "",
-            503,
+            exc,
+            f"We cannot reach {oidc.name} just now: try again in a minute, "
+            "or sign in with your school network account.",
         )
     return RedirectResponse(url, status_code=302)
 
@@ -141,14 +145,12 @@ def staff_oidc_callback(request: Request, portal: PortalDep) -> Response:
             ticket = portal.signer.ticket(person.id, client.mac)
             who_signed = person.username or person.email or str(person.id)
     except ProviderUnavailable as exc:
-        log.warning("portal: OIDC sign-in for %s (%s): %s", client.ip, client.mac, exc)
-        return _staff_signin_page(
+        return _provider_unavailable(
             portal,
             request,
             client,
-            [f"We cannot reach {oidc.name} just now: please try again in a minute."],
-            "",
-            503,
+            exc,
+            f"We cannot reach {oidc.name} just now: please try again in a minute.",
         )
     except SignInRefused as exc:
         log.info("portal: OIDC sign-in refused for %s (%s): %s", client.ip, client.mac, exc.reason)
