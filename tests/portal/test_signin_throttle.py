@@ -171,7 +171,11 @@ def test_an_unknown_username_costs_the_same_argon2_work(
 
     timed("jsmith")  # warm up (the dummy hash is made once)
     timed("nosuchteacher")
-    known = statistics.median(timed("jsmith") for _ in range(7))
-    unknown = statistics.median(timed("nosuchteacher") for _ in range(7))
-    assert unknown > 0.6 * known, (unknown, known)
-    assert known > 0.6 * unknown, (unknown, known)
+    known: list[float] = []
+    unknown: list[float] = []
+    for _ in range(5):  # interleaved, so a busy machine slows both alike
+        known.append(timed("jsmith"))
+        unknown.append(timed("nosuchteacher"))
+    # (before: an unknown user was answered without any argon2 work, some 40 times faster)
+    ratio = statistics.median(unknown) / statistics.median(known)
+    assert 0.5 < ratio < 2, (unknown, known)
