@@ -1,5 +1,5 @@
 """The service functions behind the portal's journeys, against the seeded Westgate database
-(SQLite and PostgreSQL): who is behind an IP, staff sign-in with its lockout, and the visitor's
+(SQLite and PostgreSQL): who is behind an IP, staff sign-in with its throttle, and the visitor's
 and the member of staff's registration with the CoA decided at the portal's clock."""
 
 from __future__ import annotations
