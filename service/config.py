@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.errors import Invalid
 
@@ -97,10 +98,26 @@ class Settings(BaseSettings):
     signin_backoff_source_max_seconds: float = Field(default=900.0, ge=1)
     signin_backoff_account_max_seconds: float = Field(default=60.0, ge=1)
     # /api/v1 (and its docs) answer only clients in these networks (after --trusted-proxy):
-    # loopback by default; add the school's management subnets, e.g. ["10.0.10.0/24"].
-    admin_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    # loopback by default; add the school's management subnets, e.g. ["10.0.10.0/24"]. The
+    # environment takes a JSON list or commas: SCHOOLGATE_ADMIN_NETWORKS=127.0.0.1/32,10.0.10.0/24
+    admin_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"]
+    )
     # The API's interactive docs and openapi.json (/api/v1/docs): off unless set.
     api_docs: bool = False
+
+    @field_validator("admin_networks", mode="before")
+    @classmethod
+    def _admin_networks_from_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except ValueError as exc:
+                    raise ValueError(f"not a JSON list: {text}") from exc
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
     @field_validator("admin_networks", mode="after")
     @classmethod
@@ -109,7 +126,7 @@ class Settings(BaseSettings):
             try:
                 ipaddress.ip_network(network, strict=False)
             except ValueError as exc:
-                raise ValueError(f"admin_networks: {network!r} is not a network") from exc
+                raise ValueError(f"{network!r} is not a network") from exc
         return value
 
 

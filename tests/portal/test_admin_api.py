@@ -232,12 +232,21 @@ def test_docs_when_turned_on_answer_only_the_configured_management_subnet(
         assert guest.get("/api/v1/docs").status_code == 403
 
 
-def test_a_bad_admin_network_setting_is_one_line(tmp_path: Path) -> None:
+def test_admin_networks_from_the_environment_and_a_bad_one_in_one_line(run_cli: RunCli) -> None:
     from service.config import load_settings
     from service.errors import Invalid
 
+    assert load_settings(admin_networks="127.0.0.1/32, 10.0.10.0/24").admin_networks == [
+        "127.0.0.1/32",
+        "10.0.10.0/24",
+    ]
     with pytest.raises(Invalid, match=r"^bad setting admin_networks: .*'10.0.0.0/33'"):
         load_settings(admin_networks=["10.0.0.0/33"])
+    bad = run_cli("token", "list", env={"SCHOOLGATE_ADMIN_NETWORKS": "10.0.0.0/33"}, check=False)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines() == [
+        "error: bad setting admin_networks: Value error, '10.0.0.0/33' is not a network"
+    ]
 
 
 def test_behind_the_trusted_proxy_a_guest_is_not_admin(
