@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -26,9 +27,21 @@ class DatabaseWatch:
     """Whether the database answered the last time the portal asked, with a log line once per
     change of state (from any thread: pages run in the thread pool)."""
 
-    def __init__(self) -> None:
+    def __init__(self, recheck_seconds: float = 2.0) -> None:
         self.down_reason: str | None = None
+        self.recheck_seconds = recheck_seconds
+        self._checked = 0.0
         self._lock = threading.Lock()
+
+    def recheck_due(self) -> bool:
+        """While down: whether to ask the database again after a page that worked (at most
+        every `recheck_seconds`, so a flood of requests is not a flood of probes)."""
+        with self._lock:
+            now = time.monotonic()
+            if self.down_reason is None or now - self._checked < self.recheck_seconds:
+                return False
+            self._checked = now
+            return True
 
     def down(self, reason: str) -> None:
         with self._lock:
@@ -112,12 +125,11 @@ async def database_guard(request: Request, call_next: Callable[[Request], Any]) 
             raise
         watch_for(request).down(reason)
         return unavailable(request)
-    watch = watch_for(request)
     if (
-        watch.down_reason is not None
-        and response.status_code < 500
+        response.status_code < 500
         and request.url.path not in HEALTH_PATHS
         and not request.url.path.startswith("/static")
+        and watch_for(request).recheck_due()
     ):
         check_database(request)  # a page worked while the database was down: is it back?
     return response
