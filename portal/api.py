@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from portal.deps import SessionDep
+from portal.deps import SessionDep, client_ip, get_portal
 from service import agreements, clients, devices, registry
 from service.db import Session
 from service.devices import DeviceSummary
@@ -23,6 +24,22 @@ from service.tokens import ApiCaller, authenticate_token
 
 router = APIRouter(prefix="/api/v1", tags=["admin"])
 bearer = HTTPBearer(auto_error=False)
+
+
+async def admin_networks_only(request: Request, call_next: Callable[[Request], Any]) -> Response:
+    """The HTTP middleware that keeps /api/v1 (and its docs) off the guest networks: only
+    clients in `SCHOOLGATE_ADMIN_NETWORKS` reach it, whatever token they hold."""
+    path = request.url.path
+    if path.startswith("/api/v1") and not get_portal(request).from_admin_network(request):
+        return JSONResponse(
+            {
+                "detail": f"the admin API answers only the admin networks "
+                f"(SCHOOLGATE_ADMIN_NETWORKS); {client_ip(request)} is not in them"
+            },
+            status_code=403,
+        )
+    response: Response = await call_next(request)
+    return response
 
 
 def _error(exc: SchoolgateError) -> HTTPException:

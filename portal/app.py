@@ -10,6 +10,7 @@ handed to routes through the `Annotated` dependencies in `portal/deps.py`.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -17,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from portal import api
+from portal import api, health
 from portal.deps import HERE, Portal
 from portal.oidc import OidcSignIn
 from portal.ratelimit import RateLimiter
@@ -26,6 +27,7 @@ from portal.tokens import Signer
 from service.config import Settings
 from service.db import SessionFactory, make_engine, make_session_factory
 from service.enforcement import CoaSender, NullCoaSender
+from service.throttle import Throttle
 
 
 def create_app(
@@ -49,22 +51,36 @@ def create_app(
         clock=clock or (lambda: datetime.now(UTC)),
         signer=signer,
         limiter=RateLimiter(settings.portal_rate_limit_per_minute),
+        throttle=Throttle.from_limits(
+            free=settings.portal_login_max_failures,
+            source_max_seconds=settings.signin_backoff_source_max_seconds,
+            account_max_seconds=settings.signin_backoff_account_max_seconds,
+        ),
         # Staff may also sign in with the school's OIDC provider when one is configured.
         oidc=oidc or OidcSignIn.from_settings(settings, signer, portal_url + "staff/oidc/callback"),
         coa_sender=coa_sender or NullCoaSender(),
         templates=Jinja2Templates(directory=str(HERE / "templates")),
         portal_url=portal_url,
+        admin_networks=tuple(
+            ipaddress.ip_network(n, strict=False) for n in settings.admin_networks
+        ),
     )
     app = FastAPI(
         title="schoolgate portal and admin API",
         version="1",
-        docs_url="/api/v1/docs",
+        # The docs and schema are off unless `api_docs` is set, and then, like the API,
+        # answer only the admin networks.
+        docs_url="/api/v1/docs" if settings.api_docs else None,
         redoc_url=None,
-        openapi_url="/api/v1/openapi.json",
+        openapi_url="/api/v1/openapi.json" if settings.api_docs else None,
     )
     app.state.portal = portal
+    app.state.database_watch = health.DatabaseWatch()
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.middleware("http")(captive.guard)
+    app.middleware("http")(api.admin_networks_only)
+    app.middleware("http")(health.database_guard)  # outermost: a database error is a 503
+    app.include_router(health.router)
     app.include_router(api.router)
     app.include_router(captive.router)
     app.include_router(visitor.router)

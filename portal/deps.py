@@ -10,6 +10,7 @@ change, then the page showing its errors); the admin API takes one per request (
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ from service.db import Session, SessionFactory, transaction
 from service.enforcement import CoaSender
 from service.facts import decide_for_mac, load_policy
 from service.policy.model import Decision
+from service.throttle import Throttle
 
 log = logging.getLogger("schoolgate.portal")
 HERE = Path(__file__).parent
@@ -49,10 +51,12 @@ class Portal:
     clock: Callable[[], datetime]
     signer: Signer
     limiter: RateLimiter
+    throttle: Throttle  # staff sign-in: backoff per source and per account (in memory)
     oidc: OidcSignIn | None
     coa_sender: CoaSender
     templates: Jinja2Templates
     portal_url: str  # ends in "/"
+    admin_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @property
     def portal_host(self) -> str:
@@ -72,6 +76,17 @@ class Portal:
         )
 
     # ------------------------------------------------------------ who is asking
+    def from_admin_network(self, request: Request) -> bool:
+        """Whether the client (as `client_ip` sees it: after --trusted-proxy) is in one of
+        the configured admin networks (`SCHOOLGATE_ADMIN_NETWORKS`)."""
+        try:
+            ip = ipaddress.ip_address(client_ip(request))
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self.admin_networks)
+
     def who(self, session: Session, request: Request, claimed_mac: str | None = None) -> Client:
         """The device behind this request; Unidentified or Mismatch when it cannot be told."""
         return client_for_ip(session=session, ip=client_ip(request), claimed_mac=claimed_mac)

@@ -64,6 +64,10 @@ _UNSUPPORTED = refusal(
     "unsupported-method",
 )
 _PAP_FAILED = refusal("Wrong username or password.", "pap.failed")
+_PAP_THROTTLED = refusal(
+    "Too many failed sign-ins from this device or for this account: try again later.",
+    "pap.throttled",
+)
 
 
 class Authorizer(PacketHandler):
@@ -183,6 +187,19 @@ class Authorizer(PacketHandler):
             except PacketError as exc:
                 self._drop(exc.reason, address, str(exc))
                 return None
+            # The throttle (`service/throttle.py`) before any password check: while this
+            # source or account must wait, Access-Reject without argon2 or the success cache.
+            source = (
+                f"{nas.info.name}|{calling_mac or (calling or b'-').decode('utf-8', 'replace')}"
+            )
+            throttle = self.pap.throttle
+            if throttle.begin(sources=(source,), account=username or "", now=_monotonic()) > 0:
+                reply = self._answer(
+                    packet, nas, address, started, calling_mac, username, _time(), _PAP_THROTTLED
+                )
+                if reply is not None:
+                    auth_seen.current[key] = (_monotonic() + self.window, reply)
+                return reply
             credential = state.snapshot.credentials.get((username or "").lower())
             job = PapJob(
                 packet,
@@ -194,6 +211,7 @@ class Authorizer(PacketHandler):
                 username or "",
                 started,
                 key,
+                source,
             )
             if credential is None or not self.pap.cached(credential, password):
                 auth_seen[key] = (_monotonic() + self.window, None)
@@ -204,19 +222,18 @@ class Authorizer(PacketHandler):
         return reply
 
     def check_pap(self, job: PapJob) -> bool:
-        """The slow part of PAP (argon2), for a worker thread."""
-        credential = job.credential
-        if credential is None or not credential.active:
-            return False
-        return self.pap.verify(credential, job.password)
+        """The slow part of PAP (argon2), for a worker thread: the same work for an unknown
+        or inactive account as for a wrong password."""
+        return self.pap.verify(job.credential, job.password)
 
     def finish_pap(self, job: PapJob, *, verified: bool) -> bytes | None:
         """Decide and answer a PAP request once its password check is done (on the loop)."""
         credential = job.credential
         ts = _time()
         if not verified or credential is None:
-            answer = _PAP_FAILED
+            answer = _PAP_FAILED  # the throttle counted it as a failure in `handle_auth`
         else:
+            self.pap.throttle.succeeded(sources=(job.source,), account=job.username)
             device = self.state.snapshot.devices.get(job.mac) if job.mac else None
             answer = self._decide(
                 job.packet,

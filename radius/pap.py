@@ -4,6 +4,11 @@ argon2 is slow by design (tens of milliseconds and 64 MiB per check with argon2-
 defaults), so the server runs checks in a thread pool, never on the event loop, and remembers
 a success for `ttl` seconds: a keyed HMAC of the password, tied to the stored hash (a new
 password or a changed hash misses the cache). Failures are never cached.
+
+Repeated failures are throttled (`service/throttle.py`, the portal's throttle): per NAS +
+Calling-Station-Id and per account name, exponential backoff. A throttled request is rejected
+before any password check (argon2 or the success cache); an unknown or inactive account
+costs the same argon2 work as a wrong password. The throttle lives in each worker's memory.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from radius.codec import RawPacket
 from radius.snapshot import NasEntry
 from service.facts import Credential
 from service.people import verify_password
+from service.signin import check_password
+from service.throttle import Throttle
 
 
 @dataclass(slots=True)
@@ -35,11 +42,13 @@ class PapJob:
     username: str
     started_ns: int
     dedup_key: tuple[Any, ...]
+    source: str = ""  # the throttle's source key: NAS + Calling-Station-Id
 
 
 class PapVerifier:
-    def __init__(self, ttl: float = 300.0) -> None:
+    def __init__(self, ttl: float = 300.0, throttle: Throttle | None = None) -> None:
         self._ttl = ttl
+        self.throttle = throttle or Throttle()
         self._key = os.urandom(32)
         self._ok: dict[str, tuple[str, bytes, float]] = {}
         self._lock = threading.Lock()
@@ -60,9 +69,12 @@ class PapVerifier:
             and hmac.compare_digest(digest, self._digest(password))
         )
 
-    def verify(self, credential: Credential, password: bytes) -> bool:
-        """argon2 verification (slow; call from a worker thread)."""
-        if not credential.password_hash:
+    def verify(self, credential: Credential | None, password: bytes) -> bool:
+        """argon2 verification (slow; call from a worker thread). No credential, an inactive
+        one or one without a hash does the same argon2 work and fails."""
+        if credential is None or not credential.active or not credential.password_hash:
+            self.argon2_checks += 1
+            check_password(None, password.decode("utf-8", "replace"))
             return False
         if self.cached(credential, password):
             return True

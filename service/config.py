@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.errors import Invalid
 
@@ -58,8 +60,7 @@ class Settings(BaseSettings):
     # Portal
     portal_url: str = "http://portal.schoolgate.local:8080/"
     portal_rate_limit_per_minute: int = 60
-    portal_login_max_failures: int = 5
-    portal_lockout_minutes: int = 15
+    portal_login_max_failures: int = 5  # free failed sign-ins before the backoff starts
     # Staff sign-in with an OpenID Connect provider (Google Workspace, Microsoft Entra), offered
     # beside local accounts when issuer and client id are set; see deploy/portal/README.md.
     portal_oidc_issuer: str | None = None
@@ -89,6 +90,44 @@ class Settings(BaseSettings):
         ):
             raise ValueError("SCHOOLGATE_SECRET_KEY must be set to a random value in production")
         return self
+
+    # --- s4 (issue 11): sign-in throttle, admin networks, readiness -----------------------
+    # After `portal_login_max_failures` failures each further staff sign-in (portal) waits
+    # 1, 2, 4 ... seconds, up to these caps: per source (client IP / MAC) and per account
+    # name. The account cap is low so an attacker cannot keep the real owner out for long.
+    signin_backoff_source_max_seconds: float = Field(default=900.0, ge=1)
+    signin_backoff_account_max_seconds: float = Field(default=60.0, ge=1)
+    # /api/v1 (and its docs) answer only clients in these networks (after --trusted-proxy):
+    # loopback by default; add the school's management subnets, e.g. ["10.0.10.0/24"]. The
+    # environment takes a JSON list or commas: SCHOOLGATE_ADMIN_NETWORKS=127.0.0.1/32,10.0.10.0/24
+    admin_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"]
+    )
+    # The API's interactive docs and openapi.json (/api/v1/docs): off unless set.
+    api_docs: bool = False
+
+    @field_validator("admin_networks", mode="before")
+    @classmethod
+    def _admin_networks_from_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except ValueError as exc:
+                    raise ValueError(f"not a JSON list: {text}") from exc
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("admin_networks", mode="after")
+    @classmethod
+    def _admin_networks_are_networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{network!r} is not a network") from exc
+        return value
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

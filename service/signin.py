@@ -1,11 +1,15 @@
-"""Staff sign-in at the portal: a local password (with its lockout bookkeeping) or an email a
-school OIDC provider has verified. The HTTP, JWT and OIDC protocol parts stay in `portal/`."""
+"""Staff sign-in at the portal: a local password (throttled, never locked: `service/throttle.py`)
+or an email a school OIDC provider has verified. The HTTP, JWT and OIDC protocol parts stay in
+`portal/`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
+from functools import cache
 
+from argon2 import PasswordHasher
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
@@ -13,6 +17,9 @@ from service.enums import Role
 from service.errors import Invalid
 from service.models import Person
 from service.people import verify_password
+from service.throttle import Throttle
+
+GENERIC_REFUSAL = "that username or password is not right"
 
 
 class SignInRefused(Invalid):
@@ -21,6 +28,17 @@ class SignInRefused(Invalid):
     def __init__(self, message: str, reason: str | None = None) -> None:
         super().__init__(message)
         self.reason = reason or message
+
+
+class Throttled(Invalid):
+    """Too many failed sign-ins from this source or for this account: wait `retry_after` s."""
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = max(1, round(retry_after + 0.499))
+        super().__init__(
+            "too many failed sign-ins from this device or for this account: "
+            f"try again in {self.retry_after} second{'' if self.retry_after == 1 else 's'}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,49 +55,54 @@ class StaffMember:
         return cls(id=person.id, name=person.name, username=person.username, email=person.email)
 
 
+@cache
+def _dummy_hash() -> str:
+    """A hash with the same argon2 parameters as real ones, to verify unknown users against."""
+    return PasswordHasher().hash("schoolgate: no such account")
+
+
+def check_password(stored_hash: str | None, password: str) -> bool:
+    """argon2 verification that costs the same whether or not there is a hash to check: an
+    unknown username does the work of a wrong password (no timing difference)."""
+    if not stored_hash:
+        verify_password(_dummy_hash(), password)
+        return False
+    return verify_password(stored_hash, password)
+
+
 def sign_in_with_password(
     *,
     session: Session,
     username: str,
     password: str,
     now: datetime,
-    max_failures: int = 5,
-    lockout_minutes: int = 15,
+    throttle: Throttle,
+    sources: Sequence[str] = (),
 ) -> StaffMember:
     """Active staff with this username (or email) and argon2 password, else Invalid.
 
-    A wrong password counts against the account and locks it for `lockout_minutes` after
-    `max_failures`: the caller commits even when this raises, to keep the count.
+    `throttle` slows repeated failures from `sources` (the client's IP, its MAC) and for the
+    typed account name, whether or not it exists: `Throttled` (checking no password) while
+    they must wait. An unknown username and a wrong password give the same message after the
+    same work. Nothing is written to the database.
     """
-    generic = Invalid("that username or password is not right")
     username = username.strip()
     if not username or not password:
         raise Invalid("enter your username and password")
+    wait = throttle.begin(sources=sources, account=username, now=now.timestamp())
+    if wait > 0:
+        raise Throttled(wait)
     person = session.scalar(
         select(Person).where(or_(Person.username == username, Person.email == username.lower()))
     )
-    if person is None:
-        verify_password(None, password)  # the same time whether or not the account exists
-        raise generic
-    if person.locked_until is not None and person.locked_until > now:
-        raise Invalid(
-            "too many failed attempts: this account is locked for a while; "
-            "try again later or ask the IT office"
-        )
-    if not verify_password(person, password):
-        person.failed_logins = (person.failed_logins or 0) + 1
-        if person.failed_logins >= max_failures:
-            person.locked_until = now + timedelta(minutes=lockout_minutes)
-            person.failed_logins = 0
-        session.flush()
-        raise generic
+    right = check_password(person.password_hash if person is not None else None, password)
+    if person is None or not right:
+        raise Invalid(GENERIC_REFUSAL)
+    throttle.succeeded(sources=sources, account=username)
     if not person.active:
         raise Invalid("this account is no longer active")
     if person.role is not Role.STAFF:
         raise Invalid("only staff register their own devices here")
-    person.failed_logins = 0
-    person.locked_until = None
-    session.flush()
     return StaffMember.of(person)
 
 

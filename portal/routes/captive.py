@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
 from portal.deps import Portal, PortalDep, client_ip, get_portal
+from portal.health import HEALTH_PATHS
 from portal.vendors import parse_redirect, safe_url
 from service.clients import Mismatch, Unidentified
 from service.devices import find_device
@@ -60,7 +61,7 @@ async def guard(request: Request, call_next: Callable[[Request], Any]) -> Respon
         )
     host = (request.headers.get("host") or "").lower()
     path = request.url.path
-    if host != portal.portal_host and not path.startswith("/api/v1"):
+    if host != portal.portal_host and not path.startswith("/api/v1") and path not in HEALTH_PATHS:
         return probe(portal, request, path)
     if path in PROBE_ANSWERS:
         return probe(portal, request, path)
@@ -117,11 +118,6 @@ def captive_api(request: Request, portal: PortalDep) -> Response:
         media_type="application/captive+json",
         headers={"Cache-Control": "private"},
     )
-
-
-@router.get("/healthz")
-def healthz() -> PlainTextResponse:
-    return PlainTextResponse("ok")
 
 
 @router.get("/about", response_class=HTMLResponse)

@@ -18,7 +18,7 @@ from service.enums import AgreementKind
 from service.errors import Invalid
 from service.mac import is_locally_administered
 from service.registration import register_staff_device
-from service.signin import active_person, sign_in_with_password, ticket_holder
+from service.signin import Throttled, active_person, sign_in_with_password, ticket_holder
 
 log = logging.getLogger("schoolgate.portal")
 router = APIRouter(include_in_schema=False)
@@ -52,38 +52,39 @@ def staff_form(request: Request, portal: PortalDep, client: SeenClientDep) -> HT
 
 @router.post("/staff", response_class=HTMLResponse)
 async def staff_signin(request: Request, portal: PortalDep) -> Response:
+    """A wrong password and an unknown username get the same page, status and work; repeated
+    failures from this device or for this account are slowed (`service/throttle.py`)."""
     form = {k: str(v)[:1024] for k, v in (await request.form()).items()}
     username = form.get("username", "")
-    session = portal.session_factory()
     try:
-        client = portal.who(session, request)
-        portal.signer.check_csrf(form.get("csrf"), "staff-signin", client.mac)
-        person = sign_in_with_password(
-            session=session,
-            username=username,
-            password=form.get("password", ""),
-            now=portal.clock(),
-            max_failures=portal.settings.portal_login_max_failures,
-            lockout_minutes=portal.settings.portal_lockout_minutes,
-        )
-        ticket = portal.signer.ticket(person.id, client.mac)
-        session.commit()
+        with portal.db() as session:
+            client = portal.who(session, request)
+            portal.signer.check_csrf(form.get("csrf"), "staff-signin", client.mac)
+            person = sign_in_with_password(
+                session=session,
+                username=username,
+                password=form.get("password", ""),
+                now=portal.clock(),
+                throttle=portal.throttle,
+                sources=(f"ip:{client_ip(request)}", f"mac:{client.mac}"),
+            )
+            ticket = portal.signer.ticket(person.id, client.mac)
     except (Unidentified, Mismatch):
-        session.rollback()
         return portal.unseen(request)
     except Invalid as exc:
-        session.commit()  # keep the failed-attempt count
         log.info(
             "portal: staff sign-in refused for %r from %s: %s",
             username,
             client_ip(request),
             exc,
         )
-        return _staff_signin_page(
-            portal, request, portal.seen_client(request), [str(exc)], username, 400
+        status = 429 if isinstance(exc, Throttled) else 400
+        page = _staff_signin_page(
+            portal, request, portal.seen_client(request), [str(exc)], username, status
         )
-    finally:
-        session.close()
+        if isinstance(exc, Throttled) and page.status_code == status:
+            page.headers["Retry-After"] = str(exc.retry_after)
+        return page
     return _byod_page(portal, request, ticket, {}, [])
 
 

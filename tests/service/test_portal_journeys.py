@@ -1,5 +1,5 @@
 """The service functions behind the portal's journeys, against the seeded Westgate database
-(SQLite and PostgreSQL): who is behind an IP, staff sign-in with its lockout, and the visitor's
+(SQLite and PostgreSQL): who is behind an IP, staff sign-in with its throttle, and the visitor's
 and the member of staff's registration with the CoA decided at the portal's clock."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from service.errors import Invalid
 from service.models import AccountingSession
 from service.models.coa import CoaRequest
 from service.registration import register_staff_device, register_visitor
-from service.signin import SignInRefused, sign_in_with_password, staff_by_email
+from service.signin import SignInRefused, Throttled, sign_in_with_password, staff_by_email
+from service.throttle import Backoff, Throttle
 
 # 16:00 on a Monday in November (London = UTC): after the working-day rule, before 18:00.
 NOW = datetime(2026, 11, 23, 16, 0, tzinfo=UTC)
@@ -120,7 +121,11 @@ def test_staff_register_their_own_device_pending_approval(westgate, session_fact
     phone = "3c:22:fb:00:00:02"
     with transaction(session_factory) as session:
         jo = sign_in_with_password(
-            session=session, username="jsmith", password=westgate.staff_password, now=NOW
+            session=session,
+            username="jsmith",
+            password=westgate.staff_password,
+            now=NOW,
+            throttle=Throttle(),
         )
         done = register_staff_device(
             session=session,
@@ -146,27 +151,40 @@ def test_staff_register_their_own_device_pending_approval(westgate, session_fact
             )
 
 
-def test_repeated_wrong_passwords_lock_the_account_for_a_while(westgate, session_factory) -> None:
+def test_repeated_wrong_passwords_slow_the_account_down_for_a_while(
+    westgate, session_factory
+) -> None:
+    # Issue 11 item 7: a throttle with backoff instead of the old lock (`locked_until`).
+    throttle = Throttle(account=Backoff(free=3, cap=60))
     for _ in range(3):
         with transaction(session_factory) as session, pytest.raises(Invalid, match="not right"):
             sign_in_with_password(
-                session=session, username="jsmith", password="wrong", now=NOW, max_failures=3
+                session=session, username="jsmith", password="wrong", now=NOW, throttle=throttle
             )
     with transaction(session_factory) as session:
-        with pytest.raises(Invalid, match="locked"):
+        with pytest.raises(Throttled, match="try again in 1 second"):
             sign_in_with_password(
                 session=session,
                 username="jsmith",
                 password=westgate.staff_password,
-                now=NOW + timedelta(minutes=5),
+                now=NOW,
+                throttle=throttle,
             )
         jo = sign_in_with_password(
             session=session,
-            username="JSMITH@westgate.example",
+            username="jsmith",
             password=westgate.staff_password,
-            now=NOW + timedelta(minutes=16),
+            now=NOW + timedelta(seconds=2),
+            throttle=throttle,
         )
         assert jo.username == "jsmith"
+        assert jo == sign_in_with_password(
+            session=session,
+            username="JSMITH@westgate.example",
+            password=westgate.staff_password,
+            now=NOW + timedelta(seconds=2),
+            throttle=throttle,
+        )
         assert staff_by_email(session=session, email="jsmith@westgate.example") == jo
         with pytest.raises(SignInRefused, match="no staff member"):
             staff_by_email(session=session, email="nobody@westgate.example")
