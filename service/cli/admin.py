@@ -316,9 +316,10 @@ def _nas_secret(secret: str | None, secret_file: Path | None) -> str:
             fail(f"cannot read {secret_file}: {exc.strerror}")
         except UnicodeDecodeError:
             fail(f"{secret_file} is not a text file")
-        if len([line for line in lines if line]) > 1:
+        filled = [line for line in lines if line]
+        if len(filled) > 1:
             fail(f"{secret_file} holds more than one line: put only the shared secret in it")
-        return lines[0] if lines else ""
+        return filled[0] if filled else ""
     if secret is not None and secret != ASK:
         return secret
     if sys.stdin.isatty():
