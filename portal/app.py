@@ -11,6 +11,8 @@ handed to routes through the `Annotated` dependencies in `portal/deps.py`.
 from __future__ import annotations
 
 import ipaddress
+import logging
+import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -24,9 +26,11 @@ from portal.oidc import OidcSignIn
 from portal.ratelimit import RateLimiter
 from portal.routes import captive, staff, visitor
 from portal.tokens import Signer
+from service import audit
 from service.config import Settings
 from service.db import SessionFactory, make_engine, make_session_factory
 from service.enforcement import CoaSender, NullCoaSender
+from service.secrets_store import SECRET_KEY_FILE
 from service.throttle import Throttle
 
 
@@ -41,13 +45,16 @@ def create_app(
     """The portal app. `coa_sender`: what sends the CoA a registration or an API change
     queued, right after its commit (the composition root picks it: `sender_for(settings)`);
     the null sender leaves the requests to the RADIUS server's dispatcher."""
-    signer = Signer(settings.secret_key.get_secret_value())
+    signer = Signer(_signing_key(settings))
     portal_url = (
         settings.portal_url if settings.portal_url.endswith("/") else settings.portal_url + "/"
     )
     portal = Portal(
         settings=settings,
-        session_factory=session_factory or make_session_factory(make_engine(settings.database_url)),
+        session_factory=session_factory
+        or make_session_factory(
+            make_engine(settings.database_url), audit_chain=audit.chain_for(settings)
+        ),
         clock=clock or (lambda: datetime.now(UTC)),
         signer=signer,
         limiter=RateLimiter(settings.portal_rate_limit_per_minute),
@@ -86,3 +93,16 @@ def create_app(
     app.include_router(visitor.router)
     app.include_router(staff.router)
     return app
+
+
+def _signing_key(settings: Settings) -> str:
+    """The secret key; with none set or stored (`schoolgate db upgrade` makes one), a random
+    key for this process only: nothing signed can be forged, but nothing outlives a restart.
+    The serve commands refuse that off loopback (service/secrets_store.check_serving_keys)."""
+    if settings.secret_key is not None:
+        return settings.secret_key.get_secret_value()
+    logging.getLogger("schoolgate.portal").warning(
+        "no SCHOOLGATE_SECRET_KEY and no %s: signing with a random key for this process",
+        settings.key_dir / SECRET_KEY_FILE,
+    )
+    return secrets.token_urlsafe(48)

@@ -13,9 +13,14 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.errors import Invalid
-
-DEFAULT_SECRET = "change-me"  # noqa: S105 - the development default that production refuses
-
+from service.secrets_store import (
+    ANCHOR_FILE,
+    AUDIT_KEY_FILE,
+    MIN_KEY_LENGTH,
+    SECRET_KEY_FILE,
+    key_weakness,
+    read_key,
+)
 
 DEFAULT_RETENTION_DAYS = {
     "decisions": 90,
@@ -45,7 +50,9 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "production"] = "development"
     database_url: str = Field(default_factory=default_database_url)
-    secret_key: SecretStr = SecretStr(DEFAULT_SECRET)
+    # No default: `schoolgate db upgrade` generates one into state_dir (see the end of the class)
+    # and it is read from there when this is unset; servers refuse a weak one off loopback.
+    secret_key: SecretStr | None = None
 
     # RADIUS
     radius_snapshot_poll_seconds: float = 1.0
@@ -83,12 +90,30 @@ class Settings(BaseSettings):
             raise ValueError(f"retention_days must be at least 1 day: {bad}")
         return {**DEFAULT_RETENTION_DAYS, **value}
 
+    # Keys outside the database (issue 11): `db upgrade` writes secret.key and audit.key here
+    # (0600) and the audit chain's anchor log audit-anchor.log; default: the SQLite file's
+    # directory, else the working directory. See `key_dir` and service/secrets_store.py.
+    state_dir: Path | None = None
+    # Keys the audit chain's HMAC; unset: read from state_dir/audit.key. Never in the database.
+    audit_key: SecretStr | None = None
+    # Where the audit chain's head is appended after each audited change (and by `audit
+    # anchor`); default state_dir/audit-anchor.log. Keep a copy off the machine (syslog).
+    audit_anchor_file: Path | None = None
+    # Also send each anchored head to the local syslog (/dev/log, the journal) when present.
+    audit_anchor_syslog: bool = True
+
     @model_validator(mode="after")
-    def _refuse_default_secret_in_production(self) -> Settings:
-        if self.environment == "production" and (
-            self.secret_key.get_secret_value() in ("", DEFAULT_SECRET)
-        ):
-            raise ValueError("SCHOOLGATE_SECRET_KEY must be set to a random value in production")
+    def _refuse_weak_secret_in_production(self) -> Settings:
+        for name in ("secret_key", "audit_key"):
+            value: SecretStr | None = getattr(self, name)
+            if self.environment == "production" and value is not None:
+                why = key_weakness(value.get_secret_value())
+                if why:
+                    raise ValueError(
+                        f"SCHOOLGATE_{name.upper()} is {why}: production needs "
+                        f"{MIN_KEY_LENGTH}+ random characters (or unset it and run "
+                        "`schoolgate db upgrade` to generate one)"
+                    )
         return self
 
     # --- s4 (issue 11): sign-in throttle, admin networks, readiness -----------------------
@@ -129,6 +154,38 @@ class Settings(BaseSettings):
                 raise ValueError(f"{network!r} is not a network") from exc
         return value
 
+    @property
+    def key_dir(self) -> Path:
+        """Where the generated keys and the anchor log live (the state directory)."""
+        if self.state_dir is not None:
+            return self.state_dir
+        sqlite_file = sqlite_path(self.database_url)
+        return sqlite_file.parent if sqlite_file is not None else Path.cwd()
+
+    @property
+    def anchor_file(self) -> Path:
+        return self.audit_anchor_file or self.key_dir / ANCHOR_FILE
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a `sqlite:///path` URL; None for memory or another database."""
+    for prefix in ("sqlite:///", "sqlite+pysqlite:///"):
+        if url.startswith(prefix):
+            rest = url[len(prefix) :].split("?", 1)[0]
+            return Path(rest).absolute() if rest and rest != ":memory:" else None
+    return None
+
+
+def with_stored_keys(settings: Settings) -> Settings:
+    """Fill the keys left unset from the files `db upgrade` wrote (unchanged when absent)."""
+    update: dict[str, SecretStr] = {}
+    for name, file_name in (("secret_key", SECRET_KEY_FILE), ("audit_key", AUDIT_KEY_FILE)):
+        if getattr(settings, name) is None:
+            stored = read_key(settings.key_dir / file_name)
+            if stored is not None:
+                update[name] = SecretStr(stored)
+    return settings.model_copy(update=update) if update else settings
+
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Build settings from the optional TOML file, the environment and explicit overrides."""
@@ -149,8 +206,9 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             del file_values[name]
     values = {**file_values, **{k: v for k, v in overrides.items() if v is not None}}
     try:
-        return Settings(**values)
+        settings = Settings(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "settings"
         raise Invalid(f"bad setting {where}: {first['msg']}") from exc
+    return with_stored_keys(settings)

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+
+from service.config import sqlite_path
+
+if TYPE_CHECKING:
+    from service.audit import AuditChain
 
 # What adapters name in type hints: they take a session and hand it to service functions, and
 # never import SQLAlchemy themselves (docs/ARCHITECTURE.md).
 SessionFactory = sessionmaker[Session]
 __all__ = ["Engine", "Session", "SessionFactory"]
 
+# The key of `Session.info` that carries the audit chain's key (service/audit.py).
+AUDIT_CHAIN_INFO = "schoolgate.audit_chain"
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -27,9 +35,24 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def create_private_sqlite_file(url: str) -> None:
+    """Create a new SQLite database file 0600 before SQLite does (it would make it 0644 under
+    the usual umask, and its -wal and -shm files follow the database file's mode)."""
+    path = sqlite_path(url)
+    if path is None or path.exists() or not path.parent.is_dir():
+        return  # an existing file keeps its mode; a missing directory is SQLite's error to give
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        return
+    except OSError:
+        return  # SQLite reports it in its own words when it opens the file
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
+        create_private_sqlite_file(url)
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
 
         @event.listens_for(engine, "connect")
@@ -69,8 +92,13 @@ def display_url(url: str) -> str:
     return make_url(normalize_url(url)).render_as_string(hide_password=True)
 
 
-def make_session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+def make_session_factory(
+    engine: Engine, *, audit_chain: AuditChain | None = None
+) -> sessionmaker[Session]:
+    """Sessions for `engine`. `audit_chain` (`service.audit.chain_for(settings)`): the key and
+    anchor file the audit log's new entries are written with; without it a database whose
+    chain is keyed refuses audited changes (service/audit.py)."""
+    return sessionmaker(engine, expire_on_commit=False, info={AUDIT_CHAIN_INFO: audit_chain})
 
 
 @contextmanager

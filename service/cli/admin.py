@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
 
+from service import audit, registry, secrets_store, sites
 from service import db as dbmod
-from service import registry, sites
-from service.cli.common import JsonOption, console, get_state, parse_when, print_json, print_rows
+from service.cli.common import (
+    CliState,
+    JsonOption,
+    console,
+    fail,
+    get_state,
+    parse_when,
+    print_json,
+    print_rows,
+)
+from service.config import with_stored_keys
 from service.facts import decide_for_mac, describe_facts, load_device_facts, load_policy
 from service.mac import normalize_mac
 
@@ -30,13 +41,33 @@ def register(app: typer.Typer) -> None:
 
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context) -> None:
-    """Create or migrate the schema to the newest version."""
+    """Create or migrate the schema; generate the secret and audit keys the first time."""
     state = get_state(ctx)
     dbmod.upgrade(state.settings.database_url)
     console.print(
         f"database is up to date ({dbmod.display_url(state.settings.database_url)})",
         highlight=False,
     )
+    provision_keys(state)
+
+
+def provision_keys(state: CliState) -> None:
+    """Generate the keys that are neither set nor stored (0600, outside the database), use
+    them from now on, and anchor the audit chain's head where keying starts."""
+    for path in secrets_store.ensure_keys(state.settings):
+        console.print(
+            f"generated {path} (mode 600): back it up apart from the database", highlight=False
+        )
+    state.use_settings(with_stored_keys(state.settings))
+    chain = audit.chain_for(state.settings)
+    if chain is None:
+        return
+    with state.reading() as session:
+        line = audit.start_keyed_era(session=session, chain=chain)
+    if line is not None:
+        console.print(
+            f"audit chain keyed from here; anchored in {chain.anchor_file}", highlight=False
+        )
 
 
 @site_app.command("add")
@@ -232,7 +263,15 @@ def nas_add(
     site: str = typer.Option(..., "--site"),
     name: str = typer.Option(..., "--name"),
     address: str = typer.Option(..., "--address", help="IP address or CIDR the NAS sends from."),
-    secret: str = typer.Option(..., "--secret", help="RADIUS shared secret."),
+    secret: str | None = typer.Option(
+        None,
+        "--secret",
+        help="RADIUS shared secret; `-` (or leaving it out on a terminal) asks for it, or "
+        "reads one line from stdin. Prefer --secret-file: argv is visible in `ps`.",
+    ),
+    secret_file: Path | None = typer.Option(
+        None, "--secret-file", help="Read the shared secret from this file (its first line)."
+    ),
     vendor: str = typer.Option(
         "generic", "--vendor", help="generic|cisco|aruba|unifi|meraki|ruckus"
     ),
@@ -245,13 +284,14 @@ def nas_add(
 ) -> None:
     """Register a Wi-Fi controller or switch that may ask schoolgate."""
     state = get_state(ctx)
+    shared_secret = _nas_secret(secret, secret_file)
     with state.transaction() as session:
         nas = registry.add_nas(
             session,
             site_code=site,
             name=name,
             address=address,
-            secret=secret,
+            secret=shared_secret,
             vendor=vendor,
             coa_port=coa_port,
             require_message_authenticator=not allow_missing_message_authenticator,
@@ -260,6 +300,38 @@ def nas_add(
         console.print(
             f"added NAS {nas.name} ({nas.address}, {nas.vendor.value}) at {site}", highlight=False
         )
+
+
+ASK = "-"  # `--secret -`: ask on a terminal, else read a line of stdin
+
+
+def _nas_secret(secret: str | None, secret_file: Path | None) -> str:
+    """The shared secret from argv, a file, a prompt on a terminal or a line of stdin."""
+    if secret is not None and secret_file is not None:
+        fail("give the shared secret once: --secret or --secret-file")
+    if secret_file is not None:
+        try:
+            lines = secret_file.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            fail(f"cannot read {secret_file}: {exc.strerror}")
+        except UnicodeDecodeError:
+            fail(f"{secret_file} is not a text file")
+        filled = [line for line in lines if line]
+        if len(filled) > 1:
+            fail(f"{secret_file} holds more than one line: put only the shared secret in it")
+        return filled[0] if filled else ""
+    if secret is not None and secret != ASK:
+        return secret
+    if sys.stdin.isatty():
+        value: str = typer.prompt(
+            "RADIUS shared secret", hide_input=True, confirmation_prompt=True, err=True
+        )
+        return value
+    if secret == ASK:
+        return sys.stdin.readline().rstrip("\r\n")
+    return fail(
+        "no shared secret: give --secret-file PATH, --secret - (stdin), or run on a terminal"
+    )
 
 
 @nas_app.command("list")

@@ -57,11 +57,18 @@ class CliState:
         return self._engine
 
     def session_factory(self) -> SessionFactory:
+        """Sessions that write the audit chain with the audit key (service/audit.py)."""
         if self._factory is None:
+            from service.audit import chain_for
             from service.db import make_session_factory
 
-            self._factory = make_session_factory(self.engine)
+            self._factory = make_session_factory(self.engine, audit_chain=chain_for(self.settings))
         return self._factory
+
+    def use_settings(self, settings: Settings) -> None:
+        """Switch to `settings` (e.g. with the keys `db upgrade` just generated)."""
+        self.settings = settings
+        self._factory = None
 
     @property
     def coa_sender(self) -> CoaSender:

@@ -10,6 +10,7 @@ import typer
 
 from service import db as dbmod
 from service import sites
+from service.cli.admin import provision_keys
 from service.cli.common import console, get_state, print_rows
 from service.demo import DEMO_DEVICES, UNKNOWN_DEVICE, seed_demo_school
 from service.facts import decide_for_mac
@@ -34,6 +35,7 @@ def demo(
     """Create the Westgate demo school (if not there yet) and print what each device gets."""
     state = get_state(ctx)
     dbmod.upgrade(state.settings.database_url)
+    provision_keys(state)
     with state.transaction() as session:
         if sites.find_site(session=session, code="westgate") is None:
             seed_demo_school(session, actor=state.actor)

@@ -11,7 +11,7 @@ from service import audit
 from service.cli.common import console, fail, get_state, parse_when
 from service.exports import ExportQuery, all_exporters, write_rows
 
-audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+audit_app = typer.Typer(help="The keyed, hash-chained audit log.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -75,12 +75,67 @@ def purge(ctx: typer.Context) -> None:
 
 
 @audit_app.command("verify")
-def audit_verify(ctx: typer.Context) -> None:
-    """Check the audit log's hash chain; exit 1 if any entry was altered or removed."""
+def audit_verify(
+    ctx: typer.Context,
+    anchor: Path | None = typer.Option(
+        None,
+        "--anchor",
+        help="Anchor log to check against (default: the audit-anchor.log beside the key).",
+    ),
+) -> None:
+    """Check the audit log's keyed hash chain and its anchored head; exit 1 if any entry was
+    altered, removed or rewritten."""
     state = get_state(ctx)
+    settings = state.settings
+    anchor_file = anchor or settings.anchor_file
+    if anchor is None and not anchor_file.exists():
+        anchors: list[audit.Anchor] = []
+    else:
+        anchors = audit.read_anchors(anchor_file)
+    key = settings.audit_key.get_secret_value().encode() if settings.audit_key else None
     with state.reading() as session:
-        result = audit.verify(session)
-    if result.ok:
-        console.print(f"audit log intact: {result.entries} entries", highlight=False)
-        return
-    fail(f"audit log broken at entry {result.first_bad_id}: {result.problem}")
+        result = audit.verify(session, key=key, anchors=anchors)
+    if not result.ok:
+        fail(f"audit log broken at entry {result.first_bad_id}: {result.problem}")
+    console.print(
+        f"audit log intact: {result.entries} entries ({result.keyed} keyed), "
+        f"head id {result.head_id} hash {result.head_hash}",
+        highlight=False,
+    )
+    if anchors:
+        console.print(f"{len(anchors)} anchors hold ({anchor_file})", highlight=False)
+    else:
+        console.print(
+            f"warning: no anchors in {anchor_file}: deleted last entries cannot be detected",
+            highlight=False,
+        )
+    if key is None:
+        console.print(
+            "warning: no audit key: entries are unkeyed (run `schoolgate db upgrade`)",
+            highlight=False,
+        )
+
+
+@audit_app.command("anchor")
+def audit_anchor(ctx: typer.Context) -> None:
+    """Verify the chain, then append its head to the anchor log (and syslog): run from cron."""
+    state = get_state(ctx)
+    settings = state.settings
+    chain = audit.chain_for(settings)
+    if chain is None or chain.anchor_file is None:
+        fail("no audit key: run `schoolgate db upgrade` first")
+    anchor_file = chain.anchor_file
+    anchors = audit.read_anchors(anchor_file) if anchor_file.exists() else []
+    with state.reading() as session:
+        result = audit.verify(session, key=chain.key, anchors=anchors)
+    if not result.ok:
+        fail(f"audit log broken at entry {result.first_bad_id}: {result.problem}; not anchored")
+    try:
+        audit.write_anchor(anchor_file, result.head_id, result.head_hash, syslog=chain.syslog)
+    except OSError as exc:
+        fail(f"cannot write {anchor_file}: {exc.strerror}")
+    console.print(
+        f"anchored head id {result.head_id} hash {result.head_hash} "
+        f"({result.entries} entries) in {anchor_file}",
+        highlight=False,
+    )

@@ -25,8 +25,10 @@ def register(app: typer.Typer) -> None:
         """Serve the captive portal and /api/v1 with uvicorn."""
         from portal.serve import run_portal
         from radius.coa.sender import sender_for
+        from service.cli.serve import refuse_weak_keys
 
         state = get_state(ctx)
+        refuse_weak_keys(state.settings, host)
         run_portal(
             state.settings,
             host=host,

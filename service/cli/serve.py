@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import typer
 from pydantic import SecretStr
 
-from service.cli.common import console, fail, get_state
+from service.cli.common import console, err_console, fail, get_state
 from service.config import Settings
+from service.secrets_store import check_serving_keys
 
 READY_SECONDS = 20.0
 
@@ -69,6 +70,13 @@ def settings_env(settings: Settings) -> dict[str, str]:
             text = str(value)
         env[f"SCHOOLGATE_{name.upper()}"] = text
     return env
+
+
+def refuse_weak_keys(settings: Settings, host: str) -> None:
+    """One line and exit 1 when a key is missing or weak and `host` is not loopback; on
+    loopback, one warning line per weak key (the demo and the tests serve there)."""
+    for warning in check_serving_keys(settings, host):
+        err_console.print(warning, markup=False, highlight=False, soft_wrap=True)
 
 
 def port_in_use(host: str, port: int, kind: socket.SocketKind = socket.SOCK_DGRAM) -> bool:
@@ -147,10 +155,12 @@ def serve_all(
     """Start RADIUS, call `on_ready`, then serve the portal in the foreground until Ctrl-C."""
     from portal.serve import run_portal
     from radius.coa.sender import sender_for
+    from service.audit import chain_for
     from service.db import make_engine, make_session_factory
 
     if not 0 < where.portal_port < 65536:
         fail(f"--portal-port {where.portal_port} is not a TCP port")
+    refuse_weak_keys(settings, where.host)
     if port_in_use(where.host, where.portal_port, socket.SOCK_STREAM):
         fail(f"TCP port {where.portal_port} on {where.host} is in use (is a portal running?)")
     radius = start_radius(settings, where)
@@ -167,7 +177,7 @@ def serve_all(
             settings,
             host=where.host,
             port=where.portal_port,
-            session_factory=make_session_factory(engine),
+            session_factory=make_session_factory(engine, audit_chain=chain_for(settings)),
             coa_sender=sender_for(settings),
         )
     finally:

@@ -320,6 +320,9 @@ class AuditEntry(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSONType)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # 0: plain SHA-256, written before the audit key existed; 1: HMAC-SHA256 with the audit key
+    # (service/audit.py). Once a keyed entry exists, every later one must be keyed.
+    chain_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ChangeCounter(Base):

@@ -26,10 +26,16 @@ def test_toml_file_then_environment_wins(tmp_path, monkeypatch) -> None:
     assert load_settings(config).database_url == "sqlite:///other.db"
 
 
-def test_production_refuses_the_default_secret(monkeypatch) -> None:
+def test_production_refuses_the_default_secret(monkeypatch, tmp_path) -> None:
+    """Issue 11 changed this: there is no default any more (unset, `db upgrade` generates one
+    and `serve` refuses to start without it), and a published or short key is refused."""
     monkeypatch.delenv("SCHOOLGATE_SECRET_KEY", raising=False)
-    with pytest.raises(Invalid, match="SCHOOLGATE_SECRET_KEY must be set"):
-        load_settings(environment="production")
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(environment="production").secret_key is None
+    with pytest.raises(Invalid, match="SCHOOLGATE_SECRET_KEY is a published default"):
+        load_settings(environment="production", secret_key="change-me")
+    with pytest.raises(Invalid, match="SCHOOLGATE_SECRET_KEY is only 12 characters long"):
+        load_settings(environment="production", secret_key="x" * 12)
     assert load_settings(environment="production", secret_key="x" * 32).environment == "production"
 
 
