@@ -19,7 +19,7 @@ from service.errors import Invalid
 from service.mac import is_locally_administered
 from service.registration import register_staff_device
 from service.signin import active_person, sign_in_with_password, ticket_holder
-from service.text import find_control
+from service.text import check_text, find_control
 
 log = logging.getLogger("schoolgate.portal")
 router = APIRouter(include_in_schema=False)
@@ -59,6 +59,8 @@ async def staff_signin(request: Request, portal: PortalDep) -> Response:
     try:
         client = portal.who(session, request)
         portal.signer.check_csrf(form.get("csrf"), "staff-signin", client.mac)
+        # No account's name holds a control character, and PostgreSQL cannot even compare NUL.
+        check_text(username, field="The username")
         person = sign_in_with_password(
             session=session,
             username=username,

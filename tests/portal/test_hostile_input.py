@@ -147,6 +147,22 @@ def test_staff_device_name_with_control_characters_is_refused(
     assert stored_devices(session_factory, mac) == []
 
 
+def test_staff_sign_in_with_nul_in_the_username_is_refused_not_a_500(
+    client_at: Clients, connect: Connect
+) -> None:
+    """PostgreSQL cannot compare text holding NUL: the query once failed with a 500."""
+    connect("1a:2b:3c:4d:5e:47", "10.99.1.9")
+    client = client_at("10.99.1.9")
+    page = client.get("/staff")
+    r = client.post(
+        "/staff",
+        data={"csrf": csrf_of(page.text), "username": "js\x00mith", "password": "demo\x00pass"},
+    )
+    assert r.status_code == 400
+    assert "The username contains a control character (U+0000)" in r.text
+    assert staff_sign_in(client).status_code == 200  # the real account still signs in
+
+
 def test_user_agent_controls_are_not_stored(
     client_at: Clients, connect: Connect, run_cli: RunCli
 ) -> None:
