@@ -46,7 +46,11 @@ class Signer:
             payload = _unb64(body)
         except (ValueError, TypeError) as exc:
             raise Invalid("the form's security token is malformed") from exc
-        if not hmac.compare_digest(sig, self._mac(payload)):
+        # Bytes, not str: compare_digest refuses a str with non-ASCII characters (TypeError,
+        # once a 500); "replace" keeps lone surrogates from raising too.
+        if not hmac.compare_digest(
+            sig.encode("utf-8", "replace"), self._mac(payload).encode("ascii")
+        ):
             raise Invalid("the form's security token is not valid")
         data: dict[str, Any] = json.loads(payload)
         issued = float(data.get("iat", 0))

@@ -17,7 +17,7 @@ from service import audit, enforcement
 from service.enums import AuditTag, DeviceClass, DeviceStatus, IncidentKind
 from service.errors import Conflict, Invalid, NotFound
 from service.export_types import iso
-from service.mac import normalize_mac
+from service.mac import normalize_mac, registrable_mac
 from service.models import (
     AccessException,
     Approval,
@@ -30,6 +30,7 @@ from service.models import (
 )
 from service.people import find_person
 from service.sites import get_site
+from service.text import check_text
 
 
 def parse_class(value: str) -> DeviceClass:
@@ -67,7 +68,8 @@ def add_device(
     audit_tag: AuditTag = AuditTag.DEVICE_CREATE,
     now: datetime | None = None,
 ) -> Device:
-    canonical = normalize_mac(mac)
+    canonical = registrable_mac(mac)
+    _check_labels(asset_tag=asset_tag, name=name)
     site = get_site(session, site_code)
     cls = device_class if isinstance(device_class, DeviceClass) else parse_class(device_class)
     person = find_person(session, owner) if isinstance(owner, str) and owner else owner
@@ -173,7 +175,8 @@ def import_devices(
     with enforcement.watch(session, macs=_row_macs(rows), reason="device import"):
         for count, (line, row) in enumerate(rows, 1):
             try:
-                mac = normalize_mac(row["mac"])
+                mac = registrable_mac(row["mac"])
+                _check_labels(asset_tag=row.get("asset_tag"), name=row.get("name"))
                 if mac in seen:
                     raise Conflict(f"MAC {mac} appears twice in the file")
                 if mac in existing:
@@ -209,6 +212,15 @@ def import_devices(
         detail={"added": len(result.added), "skipped": result.skipped},
     )
     return result
+
+
+def _check_labels(*, asset_tag: str | None, name: str | None) -> None:
+    """A device's asset tag and name are shown in listings and exports: no control
+    characters (service/text.py)."""
+    if asset_tag:
+        check_text(asset_tag, field="the asset tag")
+    if name:
+        check_text(name, field="the device name")
 
 
 def _row_macs(rows: list[tuple[int, dict[str, str]]]) -> list[str]:
@@ -247,6 +259,8 @@ def _change_status(
     tag: AuditTag,
     allowed_from: Iterable[DeviceStatus],
 ) -> Device:
+    if reason:
+        check_text(reason, field="the reason", multiline=True)
     device = get_device(session, mac)
     if device.status not in set(allowed_from):
         raise Conflict(
@@ -311,6 +325,9 @@ def report_lost(
     """Lost, stolen or compromised: access revoked at once and an incident logged for the DPO."""
     if not reported_by.strip():
         raise Invalid("--reported-by is required")
+    check_text(reported_by, field="--reported-by")
+    if description:
+        check_text(description, field="the description", multiline=True)
     device = _change_status(
         session,
         mac=mac,

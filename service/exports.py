@@ -31,6 +31,7 @@ from service.models import (
     Site,
 )
 from service.monitor import exports as monitor_exports
+from service.text import json_visible, spreadsheet_cell
 
 # ExportQuery, Exporter and iso are named here too, for the commands that export.
 __all__ = [
@@ -237,11 +238,18 @@ def all_exporters() -> dict[str, Exporter]:
 
 
 def write_rows(rows: Iterable[dict[str, Any]], out: IO[str], fmt: str) -> int:
-    """Write rows as CSV (header from the first row) or JSON Lines; returns the count."""
+    """Write rows as CSV (header from the first row) or JSON Lines; returns the count.
+
+    CSV is for a spreadsheet, so each text cell passes through `spreadsheet_cell`: a cell
+    starting with `=`, `+`, `-`, `@`, tab or carriage return gets a leading `'` (OWASP's
+    advice against formula injection) and control characters are written as escapes
+    (`\\x1b`). JSON Lines keep the data exact; the control characters `json.dumps` leaves
+    raw are written as `\\uXXXX` escapes.
+    """
     count = 0
     if fmt == "jsonl":
         for row in rows:
-            out.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
+            out.write(json_visible(json.dumps(row, default=str, ensure_ascii=False)) + "\n")
             count += 1
         return count
     writer: csv.DictWriter[str] | None = None
@@ -249,8 +257,15 @@ def write_rows(rows: Iterable[dict[str, Any]], out: IO[str], fmt: str) -> int:
         if writer is None:
             writer = csv.DictWriter(out, fieldnames=list(row), lineterminator="\n")
             writer.writeheader()
-        writer.writerow(
-            {k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in row.items()}
-        )
+        writer.writerow({k: _csv_cell(v) for k, v in row.items()})
         count += 1
     return count
+
+
+def _csv_cell(value: Any) -> Any:
+    """Numbers, booleans and empty cells as they are; text (and JSON of a dict or list) as
+    a spreadsheet must show it: never as a formula."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    text = json.dumps(value) if isinstance(value, dict | list) else str(value)
+    return spreadsheet_cell(text)

@@ -23,6 +23,24 @@ def normalize_mac(value: str) -> str:
     return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
 
 
+def registrable_mac(value: str) -> str:
+    """`normalize_mac`, refusing what cannot be one device's own address: all zeros, the
+    broadcast address and any group (multicast) address, whose first octet has its lowest
+    (I/G) bit set. For the places a device is registered, not for RADIUS, which answers
+    whatever a NAS asks about."""
+    canonical = normalize_mac(value)
+    if canonical == "00:00:00:00:00:00":
+        raise Invalid(f"{canonical} is the all-zero address, not a device's own")
+    if canonical == "ff:ff:ff:ff:ff:ff":
+        raise Invalid(f"{canonical} is the broadcast address, not a device's own")
+    if int(canonical[0:2], 16) & 0x01:
+        raise Invalid(
+            f"{canonical} is a multicast (group) address, not a device's own "
+            "(the first octet is odd)"
+        )
+    return canonical
+
+
 def try_normalize_mac(value: str | None) -> str | None:
     """`normalize_mac`, or None when the value is not a MAC (e.g. a PAP user name)."""
     if not value:

@@ -16,6 +16,7 @@ from service.enums import AuditTag, DeviceStatus, Role
 from service.errors import Conflict, Invalid, NotFound
 from service.models import Device, Person, Site, utcnow
 from service.sites import get_site
+from service.text import check_text
 
 _HASHER = PasswordHasher()
 MIN_PASSWORD = 8
@@ -49,17 +50,17 @@ def add_person(
         role_value = Role(role)
     except ValueError as exc:
         raise Invalid(f"unknown role {role!r} (known: {', '.join(r.value for r in Role)})") from exc
-    name = name.strip()
+    name = check_text(name.strip(), field="the name")
     if not name:
         raise Invalid("a name is required")
     if email is not None:
-        email = email.strip().lower()
+        email = check_text(email.strip().lower(), field="the email address")
         if "@" not in email or email.startswith("@") or email.endswith("@"):
             raise Invalid(f"not an email address: {email!r}")
         if session.scalar(select(Person.id).where(Person.email == email)):
             raise Conflict(f"a person with email {email} already exists")
     if username is not None:
-        username = username.strip()
+        username = check_text(username.strip(), field="the username")
         if not username or " " in username:
             raise Invalid(f"not a usable username: {username!r}")
         if session.scalar(select(Person.id).where(Person.username == username)):

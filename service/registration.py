@@ -22,6 +22,7 @@ from service.enums import AgreementKind, DeviceClass, DeviceStatus, SignatureSou
 from service.errors import Invalid
 from service.models import Device, Person, Signature
 from service.signin import active_person
+from service.text import check_text, strip_controls
 
 MAX_NAME = 200  # the longest device name a visitor's own name and organisation make
 
@@ -63,6 +64,15 @@ def _register(
 ) -> Registration:
     """Add the device if it is new (else `may_sign_for` raises Invalid when it is someone
     else's), then sign: one CoA request for the session, decided at `now`."""
+    for field, value in (
+        ("the name typed to sign", typed_name),
+        ("the organisation", organisation),
+        ("whom you are visiting", visiting),
+    ):
+        if value:
+            check_text(value, field=field)
+    if user_agent:  # sent by the browser, not typed: kept, without what a terminal would run
+        user_agent = strip_controls(user_agent)
     with enforcement.watch(
         session,
         macs=[mac],
@@ -125,6 +135,7 @@ def register_visitor(
     `agreement_version`: the version the visitor read; a newer one published meanwhile is
     refused, so nobody signs a text they did not see.
     """
+    check_text(name, field="your name")
     agreement = current_agreement(session, AgreementKind.VISITOR_AUA, site_code)
     if str(agreement.version) != agreement_version:
         raise Invalid(
@@ -174,6 +185,7 @@ def register_staff_device(
     """Active staff register their own device (pending the IT office's approval) and sign
     the BYOD statement; a device already theirs is signed for again."""
     person = active_person(session=session, person_id=person_id)
+    check_text(device_name, field="the device name")
 
     def owners_only(device: Device) -> None:
         if device.owner_id != person.id:

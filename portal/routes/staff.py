@@ -19,6 +19,7 @@ from service.errors import Invalid
 from service.mac import is_locally_administered
 from service.registration import register_staff_device
 from service.signin import Throttled, active_person, sign_in_with_password, ticket_holder
+from service.text import check_text, find_control
 
 log = logging.getLogger("schoolgate.portal")
 router = APIRouter(include_in_schema=False)
@@ -60,6 +61,8 @@ async def staff_signin(request: Request, portal: PortalDep) -> Response:
         with portal.db() as session:
             client = portal.who(session, request)
             portal.signer.check_csrf(form.get("csrf"), "staff-signin", client.mac)
+            # No account's name holds a control character, and PostgreSQL cannot even compare NUL.
+            check_text(username, field="The username")
             person = sign_in_with_password(
                 session=session,
                 username=username,
@@ -205,6 +208,12 @@ def _byod_errors(device_name: str, typed: str, agree: str | None) -> list[str]:
         errors.append("Tick the box to agree to the BYOD statement.")
     if not typed:
         errors.append("Type your name to sign.")
+    for label, value in (("The device name", device_name), ("Your typed name", typed)):
+        if (char := find_control(value)) is not None:
+            errors.append(
+                f"{label} contains an invisible control character (U+{ord(char):04X}): "
+                "please type it again."
+            )
     return errors
 
 

@@ -17,6 +17,7 @@ from service.enums import AgreementKind
 from service.errors import Invalid, NotFound
 from service.facts import load_policy
 from service.registration import register_visitor
+from service.text import find_control
 
 log = logging.getLogger("schoolgate.portal")
 router = APIRouter(include_in_schema=False)
@@ -71,6 +72,17 @@ def _form_errors(name: str, org: str, visiting: str, typed: str, agree: str | No
             errors.append(f"{label} is too long (at most {MAX_FIELD} characters).")
     if len(org) > MAX_FIELD:
         errors.append(f"Organisation is too long (at most {MAX_FIELD} characters).")
+    for label, value in (
+        ("Your name", name),
+        ("Organisation", org),
+        ("Whom you are visiting", visiting),
+        ("Your typed name to sign", typed),
+    ):
+        if (char := find_control(value)) is not None:
+            errors.append(
+                f"{label} contains an invisible control character (U+{ord(char):04X}): "
+                "please type it again."
+            )
     if agree != "yes":
         errors.append("Tick the box to agree to the acceptable use agreement.")
     if typed and name and typed.casefold() != name.casefold():

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from service.cli.common import CliState, default_actor, err_console
+from service.cli.common import CliState, argument_problem, default_actor, err_console
 from service.config import load_settings
 from service.errors import SchoolgateError
 
@@ -109,6 +109,10 @@ def _flush_queued_coa(state: CliState) -> None:
 
 def main() -> None:
     """Entry point: one-line errors, never a traceback."""
+    problem = argument_problem(sys.argv[1:])
+    if problem is not None:
+        err_console.print(f"error: {problem}", soft_wrap=True)
+        sys.exit(2)
     try:
         app()
     except SchoolgateError as exc:

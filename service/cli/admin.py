@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from service import audit, registry, secrets_store, sites
 from service import db as dbmod
@@ -23,6 +24,7 @@ from service.cli.common import (
 from service.config import with_stored_keys
 from service.facts import decide_for_mac, describe_facts, load_device_facts, load_policy
 from service.mac import normalize_mac
+from service.text import visible
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 site_app = typer.Typer(help="Schools (sites) in the trust.", no_args_is_help=True)
@@ -175,8 +177,11 @@ def policy_show(
         )
         return
     console.print(
-        f"[bold]{policy.school_name}[/bold] ({policy.site}), policy version "
-        f"{row.version if row else '?'}, time zone {policy.timezone}"
+        Text.assemble(
+            (visible(policy.school_name), "bold"),
+            f" ({policy.site}), policy version {row.version if row else '?'}, "
+            f"time zone {policy.timezone}",
+        )
     )
     print_rows(access, ["class", "access", "vlan"], False, title="Access by device class")
     print_rows(locations, ["location", "matches"], False, title="Locations", empty="no locations")
@@ -247,7 +252,9 @@ def policy_explain(
         return
     vlan = f"VLAN {decision.vlan}" if decision.vlan is not None else "Access-Reject"
     console.print(
-        f"[bold]{canonical}[/bold] at {code}: [bold]{decision.access.value}[/bold] ({vlan})"
+        Text.assemble(
+            (canonical, "bold"), f" at {code}: ", (decision.access.value, "bold"), f" ({vlan})"
+        )
     )
     console.print(f"  why:     {decision.reason}", highlight=False)
     console.print(f"  rule:    {decision.rule}", highlight=False)

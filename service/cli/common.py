@@ -14,11 +14,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from zoneinfo import ZoneInfo
 
 import typer
-from rich.console import Console
+from rich.console import Console, HighlighterType, JustifyMethod, OverflowMethod
+from rich.style import Style
 from rich.table import Table
+from rich.text import Text
 
 from service.config import Settings
 from service.errors import Invalid
+from service.text import find_control, json_visible, visible
 
 if TYPE_CHECKING:  # the database is imported by the commands that use it (service/cli/__init__)
     from service.db import Engine, Session, SessionFactory
@@ -30,8 +33,42 @@ def _width() -> int | None:
     return None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
 
 
-console = Console(width=_width())
-err_console = Console(stderr=True)
+class PlainConsole(Console):
+    """A console that never interprets what it prints: no markup (`[/x]` in a visitor's
+    name once crashed `device list`), no `:emoji:` codes, and control characters shown as
+    escapes (`\\x1b`), not sent to the terminal. Every string the CLI prints, in a line or a
+    table cell, passes through `render_str`; styles are given as `Text` or `style=`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(markup=False, emoji=False, highlight=False, **kwargs)
+
+    def render_str(
+        self,
+        text: str,
+        *,
+        style: str | Style = "",
+        justify: JustifyMethod | None = None,
+        overflow: OverflowMethod | None = None,
+        emoji: bool | None = None,
+        markup: bool | None = None,
+        highlight: bool | None = None,
+        highlighter: HighlighterType | None = None,
+    ) -> Text:
+        del emoji, markup  # never: a caller's markup=True must not bring them back
+        return super().render_str(
+            visible(text),
+            style=style,
+            justify=justify,
+            overflow=overflow,
+            emoji=False,
+            markup=False,
+            highlight=highlight,
+            highlighter=highlighter,
+        )
+
+
+console = PlainConsole(width=_width())
+err_console = PlainConsole(stderr=True)
 
 JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
@@ -124,8 +161,28 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def argument_problem(argv: Sequence[str]) -> str | None:
+    """The CLI's boundary for typed text: a one-line problem if an argument carries a control
+    character (ESC, NUL, a bidi override; tab and newline are allowed), else None. Names the
+    option, never the value: it may be a secret."""
+    for i, arg in enumerate(argv):
+        char = find_control(arg, multiline=True)
+        if char is None:
+            continue
+        option, _, value = arg.partition("=")
+        if arg.startswith("--") and value:
+            where = f"the value of {option}"
+        elif i > 0 and argv[i - 1].startswith("-"):
+            where = f"the value of {argv[i - 1]}"
+        else:
+            where = f"argument {i + 1}"
+        return f"{where} contains a control character (U+{ord(char):04X}); type it without it"
+    return None
+
+
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+    text = json.dumps(data, indent=2, default=str, ensure_ascii=False)
+    sys.stdout.write(json_visible(text) + "\n")
 
 
 def print_rows(

@@ -9,15 +9,25 @@ from __future__ import annotations
 import fnmatch
 import re
 import tomllib
-from datetime import datetime, time
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from service.enums import LEVELS, Access, DeviceClass
 from service.errors import PolicyError
 from service.policy.model import LocationSpec, Rule, SitePolicy
+from service.text import find_control
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+FULL_DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+# RADIUS Session-Timeout is a 32-bit unsigned integer (RFC 2865 5.27): a larger value once
+# wrapped (4294967301 went out as 5 seconds).
+MAX_SESSION_TIMEOUT = 2**32 - 1
+# The longest a visitor's signature may last: ten years keeps every expiry a real date.
+MAX_DURATION = 3650 * 86400
+# Rule windows (`from`, `until`) must be real dates whose expiry a reader can print.
+EARLIEST, LATEST = datetime(1970, 1, 2, tzinfo=UTC), datetime(9998, 12, 31, tzinfo=UTC)
+_HHMM = re.compile(r"([01]\d|2[0-3]):([0-5]\d)|24:00")
 VLAN_KEYS = (Access.FULL, Access.SEGREGATED, Access.INTERNET, Access.REGISTRATION)
 TOP_KEYS = {
     "site",
@@ -74,11 +84,14 @@ def parse_duration(value: str) -> int:
 
 
 def parse_hhmm(value: str) -> int:
-    """ "08:30" → minutes after midnight; "24:00" allowed as the end of the day."""
-    if value.strip() == "24:00":
+    """ "08:30" → minutes after midnight; "24:00" allowed as the end of the day. Exactly
+    HH:MM on the 24-hour clock; raises ValueError for anything else ("25:00", "0830")."""
+    match = _HHMM.fullmatch(value.strip())
+    if match is None:
+        raise ValueError(value)
+    if match.group(1) is None:
         return 24 * 60
-    parsed = time.fromisoformat(value.strip())
-    return parsed.hour * 60 + parsed.minute
+    return int(match.group(1)) * 60 + int(match.group(2))
 
 
 def glob_regex(patterns: list[str] | tuple[str, ...]) -> re.Pattern[str]:
@@ -100,6 +113,8 @@ class _Validator:
         if not isinstance(site, str) or not _SITE_CODE.fullmatch(site):
             raise self.fail("site", 'required: a short code such as "westgate" (a-z, 0-9, -, _)')
         timezone = data.get("timezone", "Europe/London")
+        if not isinstance(timezone, str):
+            raise self.fail("timezone", f'{timezone!r}: a zone name such as "Europe/London"')
         try:
             tz = ZoneInfo(str(timezone))
         except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -107,22 +122,32 @@ class _Validator:
         vlans = self.vlans(data.get("vlans"))
         access = self.access(data.get("access"))
         visitor = self.table(data, "visitor", {"aua_valid_until", "school_day_ends"})
-        aua = str(visitor.get("aua_valid_until", "end_of_day"))
+        aua_raw = visitor.get("aua_valid_until", "end_of_day")
+        aua = aua_raw if isinstance(aua_raw, str) else ""
         if aua != "end_of_day":
             try:
-                aua = str(parse_duration(aua))
+                seconds = parse_duration(aua)
             except ValueError as exc:
                 raise self.fail(
-                    "visitor.aua_valid_until", f'{aua!r}: use "end_of_day" or e.g. "8h", "7d"'
+                    "visitor.aua_valid_until",
+                    f'{aua_raw!r}: use "end_of_day" or e.g. "8h", "7d"',
                 ) from exc
+            if seconds > MAX_DURATION:
+                raise self.fail(
+                    "visitor.aua_valid_until", f"{aua_raw!r} is longer than 3650d (ten years)"
+                )
+            aua = str(seconds)
         day_ends = self.hhmm("visitor.school_day_ends", visitor.get("school_day_ends", "18:00"))
         staff = self.table(data, "staff", {"needs_approval", "needs_byod_statement"})
         session = self.table(data, "session", {"registration_timeout", "max_timeout"})
-        registration_timeout = self.positive_int(
+        registration_timeout = self.session_timeout(
             "session.registration_timeout", session.get("registration_timeout", 300)
         )
-        max_timeout = self.positive_int("session.max_timeout", session.get("max_timeout", 43200))
+        max_timeout = self.session_timeout("session.max_timeout", session.get("max_timeout", 43200))
         explanations = self.table(data, "explanations", {c.value for c in DeviceClass})
+        for key, value in explanations.items():
+            self.text(f"explanations.{key}", value)
+        school_name = self.text("school_name", data.get("school_name", site))
         locations = self.locations(data.get("locations", []))
         names = {loc.name for loc in locations}
         rules = tuple(
@@ -136,7 +161,7 @@ class _Validator:
         return SitePolicy(
             site=site,
             timezone=str(timezone),
-            school_name=str(data.get("school_name", site)),
+            school_name=school_name,
             vlans=vlans,
             access=access,
             locations=locations,
@@ -149,7 +174,7 @@ class _Validator:
             staff_needs_byod_statement=self.boolean(
                 staff, "staff.needs_byod_statement", default=True
             ),
-            explanations={str(k): str(v) for k, v in explanations.items()},
+            explanations={str(k): v for k, v in explanations.items()},
         )
 
     # -- sections ---------------------------------------------------------------------------
@@ -207,7 +232,7 @@ class _Validator:
         return out
 
     def level(self, key: str, value: Any) -> Access:
-        if value not in {a.value for a in LEVELS}:
+        if not isinstance(value, str) or value not in {a.value for a in LEVELS}:
             raise self.fail(
                 key, f"{value!r} is not an access level (full, segregated, internet, none)"
             )
@@ -227,6 +252,8 @@ class _Validator:
             name = item.get("name")
             if not isinstance(name, str) or not name:
                 raise self.fail(f"{key}.name", "required")
+            if "description" in item:
+                self.text(f"{key}.description", item["description"])
             patterns = item.get("match")
             if (
                 not isinstance(patterns, list)
@@ -253,6 +280,8 @@ class _Validator:
         name = raw.get("name")
         if not isinstance(name, str) or not name:
             raise self.fail(f"{key}.name", "required")
+        if "description" in raw:
+            self.text(f"{key}.description", raw["description"])
         classes_raw = raw.get("classes")
         if not isinstance(classes_raw, list) or not classes_raw:
             raise self.fail(f"{key}.classes", "a non-empty list of device classes is required")
@@ -304,16 +333,22 @@ class _Validator:
             raise self.fail(key, 'use e.g. "mon-fri" or ["mon", "tue"]')
         out: set[int] = set()
         for item in value:
-            if not isinstance(item, str) or item.strip().lower()[:3] not in DAY_NAMES:
+            name = item.strip().lower() if isinstance(item, str) else None
+            if name in DAY_NAMES:
+                out.add(DAY_NAMES.index(name))
+            elif name in FULL_DAY_NAMES:
+                out.add(FULL_DAY_NAMES.index(name))
+            else:  # "monkey" once passed as Monday: only its first three letters were read
                 raise self.fail(key, f"{item!r} is not a day (mon, tue, ..., sun)")
-            out.add(DAY_NAMES.index(item.strip().lower()[:3]))
         return frozenset(out)
 
     def hhmm(self, key: str, value: Any) -> int:
         try:
-            return parse_hhmm(str(value))
+            if not isinstance(value, str):
+                raise ValueError(value)  # the one message below for every bad value
+            return parse_hhmm(value)
         except ValueError as exc:
-            raise self.fail(key, f"{value!r} is not a time of day (HH:MM)") from exc
+            raise self.fail(key, f"{value!r} is not a time of day (HH:MM, 00:00-24:00)") from exc
 
     def window(self, key: str, value: Any) -> tuple[int, int]:
         if not isinstance(value, str) or value.count("-") != 1:
@@ -346,11 +381,33 @@ class _Validator:
                 raise self.fail(key, f"{value!r} is not an ISO 8601 date-time") from exc
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=tz)
+        try:
+            real = EARLIEST <= moment <= LATEST
+        except OverflowError:  # year 1 at a positive offset is before year 1 in UTC
+            real = False
+        if not real:
+            raise self.fail(key, f"{value!r} is not a real date (years 1970-9998)")
         return moment.timestamp()
 
-    def positive_int(self, key: str, value: Any) -> int:
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise self.fail(key, f"{value!r} must be a positive number of seconds")
+    def session_timeout(self, key: str, value: Any) -> int:
+        """Seconds that fit RADIUS Session-Timeout: 1 to 4294967295."""
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self.fail(key, f"{value!r} must be a whole number of seconds")
+        if not 1 <= value <= MAX_SESSION_TIMEOUT:
+            raise self.fail(
+                key,
+                f"{value} is out of range 1-{MAX_SESSION_TIMEOUT} seconds "
+                "(RADIUS Session-Timeout is 32 bits)",
+            )
+        return value
+
+    def text(self, key: str, value: Any) -> str:
+        """A sentence or name people read: a string, without control characters."""
+        if not isinstance(value, str):
+            raise self.fail(key, f"{value!r} must be text in quotes")
+        char = find_control(value)
+        if char is not None:
+            raise self.fail(key, f"contains a control character (U+{ord(char):04X})")
         return value
 
     def boolean(self, data: dict[str, Any], key: str, *, default: bool) -> bool:
