@@ -1,0 +1,102 @@
+"""The RADIUS server under faults (issue 11): one bad row costs that row only, a second
+server cannot take a share of the ports, a killed worker is restarted, and an answer from a
+snapshot the database can no longer refresh is bounded in age.
+
+Every test runs `schoolgate radius serve` and talks to it over UDP, on SQLite and PostgreSQL
+where the database is part of the fault.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import create_engine, text
+
+from service.models import AccountingSession, DecisionRecord
+from tests.radius.conftest import acct_request, mab_request, start_server, vlan_of
+from tests.radius.test_server import rows
+
+NUL_NAME = "evil\x00name"
+
+
+def counters_line(log: str) -> dict[str, int]:
+    """The numbers of the last "counters:" line a server logged."""
+    lines = [line for line in log.splitlines() if "counters:" in line]
+    assert lines, log
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", lines[-1])}
+
+
+def test_a_nul_in_a_user_name_or_session_id_costs_no_row(westgate, tmp_path):
+    """A User-Name and an Acct-Session-Id with a NUL (which PostgreSQL text cannot hold) are
+    stored escaped; the 60 answers sent with them in the same batch are all logged."""
+    server = start_server(
+        westgate.db_url, tmp_path, env={"SCHOOLGATE_RADIUS_LOG_BATCH_SECONDS": "1.0"}
+    )
+    try:
+        client = server.client()
+        for index in range(61):
+            request = mab_request(client, westgate.school_laptop)
+            if index == 30:
+                request["User-Name"] = NUL_NAME
+            assert vlan_of(client.SendPacket(request)) == "10"
+        for session_id in ("good-1", "bad\x00id", "good-2"):
+            client.SendPacket(acct_request(client, "Start", session_id, westgate.school_laptop))
+    finally:
+        log = server.stop()
+    decisions = rows(westgate.db_url, DecisionRecord, mac=westgate.school_laptop)
+    assert len(decisions) == 61
+    assert [d.username for d in decisions if "evil" in (d.username or "")] == ["evil\\x00name"]
+    sessions = sorted(s.acct_session_id for s in rows(westgate.db_url, AccountingSession))
+    assert sessions == ["bad\\x00id", "good-1", "good-2"]
+    counted = counters_line(log)
+    assert counted["decisions_logged"] == 61
+    assert counted["decisions_lost"] == 0
+    assert "Traceback" not in log
+
+
+def refuse_username(db_url: str, username: str) -> None:
+    """Make the database refuse decision rows of one User-Name (a constraint; on SQLite, a
+    trigger): a row the database will not take, whatever the reason."""
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(
+                text(
+                    "ALTER TABLE decisions ADD CONSTRAINT refuse_one "
+                    f"CHECK (username IS NULL OR username <> '{username}') NOT VALID"
+                )
+            )
+        else:
+            conn.execute(
+                text(
+                    "CREATE TRIGGER refuse_one BEFORE INSERT ON decisions "
+                    f"WHEN NEW.username = '{username}' "
+                    "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+                )
+            )
+    engine.dispose()
+
+
+def test_a_row_the_database_refuses_is_lost_alone_counted_and_logged(westgate, tmp_path):
+    refuse_username(westgate.db_url, "poison")
+    server = start_server(
+        westgate.db_url, tmp_path, env={"SCHOOLGATE_RADIUS_LOG_BATCH_SECONDS": "1.0"}
+    )
+    try:
+        client = server.client()
+        for index in range(61):
+            request = mab_request(client, westgate.shared_ipad)
+            if index == 17:
+                request["User-Name"] = "poison"
+            assert vlan_of(client.SendPacket(request)) == "10"
+    finally:
+        log = server.stop()
+    assert len(rows(westgate.db_url, DecisionRecord, mac=westgate.shared_ipad)) == 60
+    counted = counters_line(log)
+    assert counted["decisions_logged"] == 60
+    assert counted["decisions_lost"] == 1
+    lost = [line for line in log.splitlines() if "decision row lost" in line]
+    assert len(lost) == 1
+    assert "'poison'" in lost[0]
+    assert westgate.shared_ipad in lost[0]
+    assert "Traceback" not in log
