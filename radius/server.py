@@ -35,6 +35,7 @@ from radius.snapshot import HotState, SnapshotKeeper, load_state
 from radius.writer import AcctTicket, LogWriter
 from service.config import Settings
 from service.db import make_engine, make_session_factory
+from service.errors import Conflict
 
 log = logging.getLogger("schoolgate.radius")
 
@@ -173,6 +174,55 @@ def bind_udp(host: str, port: int) -> socket.socket:
     sock.bind((host, port))
     sock.setblocking(False)
     return sock
+
+
+def _holder_pid(name: bytes) -> int | None:
+    """The pid of the process listening on the abstract socket `name` (SO_PEERCRED), or None."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(0.2)
+            probe.connect(name)
+            creds = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid, _uid, _gid = struct.unpack("3i", creds)
+    return int(pid) or None
+
+
+def claim_ports(ports: Sequence[int]) -> list[socket.socket]:
+    """Make this server the only one on `ports`; keep the sockets returned for as long as it
+    serves (its forked workers inherit them). Raises `Conflict` naming the port and the pid
+    of the server that holds it.
+
+    Why: the workers share each port with SO_REUSEPORT, and so could a second `radius serve`
+    of the same user, silently taking a share of the requests with its own database. Each
+    port is claimed with a Unix socket bound in Linux's abstract namespace (one name per
+    port): the kernel frees it when the last process holding it dies, even by `kill -9`,
+    so there is no stale lock file, and the namespace belongs to the network namespace,
+    exactly like the ports. A server of another product on the port still gets EADDRINUSE
+    from `bind`, as it does not set SO_REUSEPORT. Elsewhere than Linux, nothing is claimed.
+    """
+    if not sys.platform.startswith("linux"):
+        return []
+    held: list[socket.socket] = []
+    for port in ports:
+        name = f"\0schoolgate-radius-udp-{port}".encode()
+        claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            claim.bind(name)
+        except OSError as exc:
+            claim.close()
+            for sock in held:
+                sock.close()
+            pid = _holder_pid(name)
+            holder = f" (pid {pid})" if pid else ""
+            raise Conflict(
+                f"another schoolgate RADIUS server{holder} already serves UDP port {port}: "
+                "stop it, or give this one other --auth-port/--acct-port"
+            ) from exc
+        claim.listen(8)
+        held.append(claim)
+    return held
 
 
 class Worker:
@@ -399,8 +449,18 @@ def serve(settings: Settings, options: ServeOptions) -> int:
     """Run the server until SIGTERM/SIGINT.
 
     Forks `options.workers` processes when > 1, and one more for the CoA dispatcher (unless
-    `options.coa_dispatcher` is off or CoA is disabled in the settings).
+    `options.coa_dispatcher` is off or CoA is disabled in the settings). Refuses (`Conflict`)
+    to start when another server holds the ports (`claim_ports`).
     """
+    claims = claim_ports((options.auth_port, options.acct_port))
+    try:
+        return _serve(settings, options)
+    finally:
+        for claim in claims:
+            claim.close()
+
+
+def _serve(settings: Settings, options: ServeOptions) -> int:
     dispatcher = options.coa_dispatcher and settings.coa_enabled
     if options.workers <= 1 and not dispatcher:
         asyncio.run(_serve_worker(settings, options, 0))

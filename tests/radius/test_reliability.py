@@ -8,11 +8,16 @@ where the database is part of the fault.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, text
 
 from service.models import AccountingSession, DecisionRecord
+from tests.conftest import SCHOOLGATE
 from tests.radius.conftest import acct_request, mab_request, start_server, vlan_of
 from tests.radius.test_server import rows
 
@@ -99,4 +104,52 @@ def test_a_row_the_database_refuses_is_lost_alone_counted_and_logged(westgate, t
     assert len(lost) == 1
     assert "'poison'" in lost[0]
     assert westgate.shared_ipad in lost[0]
+    assert "Traceback" not in log
+
+
+def other_db(tmp_path: Path) -> str:
+    """A second, empty database: a server on it knows no NAS and answers nobody, so any
+    request it took from the first server would go unanswered."""
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    env = {**os.environ, "SCHOOLGATE_DATABASE_URL": url}
+    subprocess.run(
+        [*SCHOOLGATE, "db", "upgrade"], env=env, cwd=tmp_path, check=True, capture_output=True
+    )
+    return url
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_second_server_on_the_same_ports_is_refused(westgate, tmp_path, workers):
+    first = start_server(westgate.db_url, tmp_path, workers=2)
+    other = other_db(tmp_path)
+    env = {**os.environ, "SCHOOLGATE_DATABASE_URL": other}
+    args = ["--host", "127.0.0.1", "--auth-port", str(first.auth_port)]
+    args += ["--acct-port", str(first.acct_port), "--workers", str(workers)]
+    second = subprocess.Popen(
+        [*SCHOOLGATE, "radius", "serve", *args],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        try:
+            out, err = second.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            second.terminate()
+            second.communicate(timeout=20)
+            pytest.fail("a second server on the same ports kept running")
+        assert second.returncode != 0
+        assert err.strip().splitlines() == [
+            f"error: another schoolgate RADIUS server (pid {first.process.pid}) already serves "
+            f"UDP port {first.auth_port}: stop it, or give this one other "
+            "--auth-port/--acct-port"
+        ]
+        client = first.client()
+        for _ in range(20):  # every request reaches the first server
+            assert vlan_of(client.SendPacket(mab_request(client, westgate.school_laptop))) == "10"
+    finally:
+        log = first.stop()
     assert "Traceback" not in log
