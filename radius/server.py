@@ -23,6 +23,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -429,11 +430,22 @@ def _run_worker(settings: Settings, options: ServeOptions, index: int) -> None:
     asyncio.run(_serve_worker(settings, options, index))
 
 
+RESTART_FIRST_SECONDS = 0.5
+RESTART_MAX_SECONDS = 30.0
+HEALTHY_SECONDS = 60.0  # a child that ran this long before dying restarts after the first delay
+STARTUP_SECONDS = 10.0  # a child that fails (exit 1) this soon after the server started, stops it
+SUPERVISE_SECONDS = 0.1
+
+
 def _fork(name: str, run: Callable[[], None]) -> int:
     pid = os.fork()
     if pid:
         return pid
     code = 0  # the child: its own engine, threads and loop
+    # The supervisor's handlers are not the child's: until the worker sets its own, a signal
+    # ends it (SIGINT as Python's KeyboardInterrupt).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         run()
     except Exception:
@@ -445,12 +457,32 @@ def _fork(name: str, run: Callable[[], None]) -> int:
         os._exit(code)
 
 
+@dataclass
+class _Child:
+    """A process the supervisor keeps running."""
+
+    name: str
+    run: Callable[[], None]
+    pid: int = 0  # 0: not running
+    started: float = 0.0
+    runs: int = 0
+    quick_failures: int = 0  # in a row, each within HEALTHY_SECONDS of its start
+    restart_at: float | None = None
+
+    def start(self) -> None:
+        self.pid = _fork(self.name, self.run)
+        self.started = time.monotonic()
+        self.runs += 1
+        self.restart_at = None
+
+
 def serve(settings: Settings, options: ServeOptions) -> int:
     """Run the server until SIGTERM/SIGINT.
 
     Forks `options.workers` processes when > 1, and one more for the CoA dispatcher (unless
-    `options.coa_dispatcher` is off or CoA is disabled in the settings). Refuses (`Conflict`)
-    to start when another server holds the ports (`claim_ports`).
+    `options.coa_dispatcher` is off or CoA is disabled in the settings), and restarts any of
+    them that dies (`_supervise`). Refuses (`Conflict`) to start when another server holds the
+    ports (`claim_ports`).
     """
     claims = claim_ports((options.auth_port, options.acct_port))
     try:
@@ -468,31 +500,84 @@ def _serve(settings: Settings, options: ServeOptions) -> int:
     # Probe the ports once in the parent, so a port in use is one clear error, not N.
     for port in (options.auth_port, options.acct_port):
         bind_udp(options.host, port).close()
-    children: dict[int, str] = {}
+    children: list[_Child] = []
     if dispatcher:
-        pid = _fork("CoA dispatcher", lambda: asyncio.run(_serve_dispatcher(settings)))
-        children[pid] = "CoA dispatcher"
-    for index in range(options.workers):
-        pid = _fork(f"worker {index}", functools.partial(_run_worker, settings, options, index))
-        children[pid] = f"worker {index}"
+        children.append(_Child("CoA dispatcher", lambda: asyncio.run(_serve_dispatcher(settings))))
+    children.extend(
+        _Child(f"worker {index}", functools.partial(_run_worker, settings, options, index))
+        for index in range(options.workers)
+    )
+    for child in children:
+        child.start()
+    return _supervise(children)
+
+
+def _supervise(children: list[_Child]) -> int:
+    """Wait for the children; restart one that dies, until SIGTERM/SIGINT (forwarded to
+    them). A killed worker (`kill -9`, the OOM killer, a crash) is restarted after
+    RESTART_FIRST_SECONDS, doubled for each further death within HEALTHY_SECONDS of its start
+    up to RESTART_MAX_SECONDS, so a crash loop does not spin; each restart is logged once and
+    counted (the count is in the last line). Meanwhile the kernel hands the dead worker's share
+    of the port to the others. A child that fails on its own at start (the database missing,
+    say) stops the server, as before: that is for the operator, not for a retry."""
+    stopping: list[int] = []
+    restarts = 0
+    status = 0
+    server_started = time.monotonic()
 
     def forward(signum: int, _frame: Any) -> None:
-        for pid in list(children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+        stopping.append(signum)
+        for child in children:
+            if child.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    status = 0
-    while children:
+    while True:
         try:
-            pid, wait_status = os.wait()
+            pid, wait_status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            break
-        name = children.pop(pid, "a child")
+            pid, wait_status = 0, 0
+        now = time.monotonic()
+        if pid == 0:
+            if stopping and not any(child.pid for child in children):
+                break
+            for child in children:
+                if not stopping and child.restart_at is not None and child.restart_at <= now:
+                    child.start()
+                    log.info("%s restarted as pid %d", child.name, child.pid)
+            time.sleep(SUPERVISE_SECONDS)
+            continue
+        dead = next((c for c in children if c.pid == pid), None)
+        if dead is None:
+            continue
+        dead.pid = 0
         code = os.waitstatus_to_exitcode(wait_status)
-        if code not in (0, -signal.SIGTERM, -signal.SIGINT):
-            log.error("%s (pid %d) exited with %d", name, pid, code)
+        if stopping:
+            if code not in (0, -signal.SIGTERM, -signal.SIGINT):
+                log.error("%s (pid %d) exited with %d while stopping", dead.name, pid, code)
+                status = 1
+            continue
+        if code > 0 and dead.runs == 1 and now - server_started < STARTUP_SECONDS:
+            log.error("%s (pid %d) could not start (exit %d); stopping", dead.name, pid, code)
             status = 1
-            forward(signal.SIGTERM, None)  # one part down: stop all, let the supervisor restart
+            forward(signal.SIGTERM, None)
+            continue
+        lived = now - dead.started
+        dead.quick_failures = dead.quick_failures + 1 if lived < HEALTHY_SECONDS else 1
+        delay = min(RESTART_MAX_SECONDS, RESTART_FIRST_SECONDS * 2 ** (dead.quick_failures - 1))
+        dead.restart_at = now + delay
+        restarts += 1
+        how = f"killed by signal {-code}" if code < 0 else f"exited with {code}"
+        log.error(
+            "%s (pid %d) %s after %.0f s; restarting it in %.1f s (worker restarts: %d)",
+            dead.name,
+            pid,
+            how,
+            lived,
+            delay,
+            restarts,
+        )
+    log.info("radius server stopped; worker restarts: %d", restarts)
     return status

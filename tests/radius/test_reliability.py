@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from sqlalchemy import create_engine, text
 from service.models import AccountingSession, DecisionRecord
 from tests.conftest import SCHOOLGATE
 from tests.radius.conftest import acct_request, mab_request, start_server, vlan_of
-from tests.radius.test_server import rows
+from tests.radius.test_server import rows, wait_for
 
 NUL_NAME = "evil\x00name"
 
@@ -152,4 +153,37 @@ def test_a_second_server_on_the_same_ports_is_refused(westgate, tmp_path, worker
             assert vlan_of(client.SendPacket(mab_request(client, westgate.school_laptop))) == "10"
     finally:
         log = first.stop()
+    assert "Traceback" not in log
+
+
+def worker_pids(log: str) -> dict[int, int]:
+    """Worker index -> pid, from the "worker N (pid P) listening" lines (the last of each)."""
+    return {int(i): int(p) for i, p in re.findall(r"worker (\d+) \(pid (\d+)\) listening", log)}
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_worker_killed_with_sigkill_is_restarted_and_counted(westgate, tmp_path):
+    server = start_server(westgate.db_url, tmp_path, workers=2)
+    try:
+        pids = wait_for(lambda: len(worker_pids(server.log_path.read_text())) == 2 or None)
+        assert pids
+        victim = worker_pids(server.log_path.read_text())[1]
+        os.kill(victim, signal.SIGKILL)
+        # A request that reached the victim's socket before it died is lost with it (the NAS
+        # retransmits); from its death on, the other worker takes the whole port.
+        assert wait_for(lambda: "restarting it" in server.log_path.read_text())
+        client = server.client()
+        for _ in range(40):
+            assert vlan_of(client.SendPacket(mab_request(client, westgate.school_laptop))) == "10"
+        assert wait_for(lambda: worker_pids(server.log_path.read_text())[1] != victim)
+        assert server.process.poll() is None
+        for _ in range(20):  # and with the new worker
+            assert vlan_of(client.SendPacket(mab_request(client, westgate.school_laptop))) == "10"
+    finally:
+        log = server.stop()
+    restarts = [line for line in log.splitlines() if "restarting it" in line]
+    assert len(restarts) == 1
+    assert f"worker 1 (pid {victim}) killed by signal 9" in restarts[0]
+    assert "worker restarts: 1" in restarts[0]
+    assert "radius server stopped; worker restarts: 1" in log
     assert "Traceback" not in log
