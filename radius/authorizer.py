@@ -64,6 +64,9 @@ _UNSUPPORTED = refusal(
     "unsupported-method",
 )
 _PAP_FAILED = refusal("Wrong username or password.", "pap.failed")
+_STALE = refusal(
+    "The access database cannot be reached: no access until it is back.", "database-unreachable"
+)
 
 
 class Authorizer(PacketHandler):
@@ -254,6 +257,8 @@ class Authorizer(PacketHandler):
         is remembered when the engine says other devices share it (a `facts_key`)."""
         policy = nas.policy
         if policy is None:
+            if nas.stale:  # `[radius] when_stale = "reject"` (radius/snapshot.py)
+                return _STALE
             return refusal(f"Site {nas.info.site_code} has no policy loaded.", "no-policy")
         attrs = packet.attrs
         nas_identifier = attrs.get(codec.NAS_IDENTIFIER)

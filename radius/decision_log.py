@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 from radius.counters import Counters
-from radius.writer import describe_decision, store_isolating
+from radius.writer import Outage, describe_decision, store_isolating
 from service.decisions import DecisionRow, record_decisions
 
 log = logging.getLogger("schoolgate.radius.decisions")
@@ -132,6 +132,7 @@ def _writer_main(
     )
     engine = make_engine(database_url)
     factory = make_session_factory(engine)
+    outage = Outage("decision log", log)
     stopping = False
     try:
         while not stopping:
@@ -158,12 +159,14 @@ def _writer_main(
                     stopping = True
                     break
                 rows.extend(more)
-            _write(factory, rows, tally)
+            _write(factory, rows, tally, outage)
     finally:
         engine.dispose()
 
 
-def _write(factory: Any, rows: list[DecisionRow], tally: tuple[Any, Any] | None) -> None:
+def _write(
+    factory: Any, rows: list[DecisionRow], tally: tuple[Any, Any] | None, outage: Outage
+) -> None:
     """One batch, in one transaction, or split around the rows the database refuses."""
 
     def store(part: list[DecisionRow]) -> None:
@@ -174,7 +177,9 @@ def _write(factory: Any, rows: list[DecisionRow], tally: tuple[Any, Any] | None)
     for row, reason in result.refused:
         log.error("decision row lost (%s): %s", describe_decision(row), reason)
     if result.unstored:  # the next batch may go in
-        log.error("decision log batch of %d rows lost: %s", len(result.unstored), result.error)
+        outage.failed(len(result.unstored), result.error)
+    elif result.stored:
+        outage.worked()
     if tally is not None:
         written, lost = tally
         written.value += len(result.stored)

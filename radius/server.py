@@ -23,6 +23,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +33,7 @@ from typing import Any
 from radius.authorizer import Authorizer, PapJob
 from radius.counters import Counters
 from radius.decision_log import DecisionLog
-from radius.snapshot import HotState, SnapshotKeeper, load_state
+from radius.snapshot import HotState, SnapshotKeeper, load_state, stale_state
 from radius.writer import AcctTicket, LogWriter
 from service.config import Settings
 from service.db import make_engine, make_session_factory
@@ -271,13 +272,66 @@ class Worker:
                 on_swap=self._swap,
                 current_version=state.version,
             )
+            # The last state loaded from the database, and whether the authorizer answers
+            # from `stale_state(fresh)` instead (`_watch_database`).
+            self._fresh = state
+            self._stale = False
+            self._state_lock = threading.Lock()
+            self._reachable = True
+            self._set_status()
         except BaseException:
             self.decision_log.stop()  # no orphan writer when the database is not usable
             raise
 
     def _swap(self, state: HotState) -> None:
-        self.authorizer.state = state  # one assignment: the hot path sees old or new, whole
+        with self._state_lock:  # the keeper's thread
+            self._fresh = state
+            if not self._stale:
+                self.authorizer.state = state  # one assignment: the hot path sees old or new
         _freeze_heap()
+
+    def _set_status(self) -> None:
+        """The Reply-Message of Status-Server answers: readiness, for a probe (`radclient`)."""
+        version = self._fresh.version
+        if self._reachable:
+            message = f"ready: database reachable, snapshot {version}"
+        else:
+            age = time.monotonic() - self.keeper.last_ok
+            answer = "stale answers (when_stale)" if self._stale else f"snapshot {version}"
+            message = f"not ready: database unreachable for {age:.0f} s; answering from {answer}"
+        self.authorizer.status_message = message.encode()
+
+    def _watch_database(self) -> None:
+        """Once a second, on the loop: readiness follows the keeper's last successful poll,
+        and past `radius_max_stale_seconds` the answers come from `stale_state` until the
+        database answers again. One log line per change (the keeper logs the database's
+        own going and coming back)."""
+        keeper = self.keeper
+        self._reachable = keeper.failing_since is None
+        age = time.monotonic() - keeper.last_ok
+        stale = age > self.settings.radius_max_stale_seconds
+        with self._state_lock:
+            if stale != self._stale:
+                self._stale = stale
+                if stale:
+                    self.authorizer.state = stale_state(self._fresh)
+                    log.error(
+                        "worker %d: snapshot %d is %.0f s old, over radius_max_stale_seconds "
+                        "(%g): answering as the policy's [radius] when_stale says until the "
+                        "database is back",
+                        self.index,
+                        self._fresh.version,
+                        age,
+                        self.settings.radius_max_stale_seconds,
+                    )
+                else:
+                    self.authorizer.state = self._fresh
+                    log.warning(
+                        "worker %d: answering from snapshot %d again",
+                        self.index,
+                        self._fresh.version,
+                    )
+        self._set_status()
 
     # --- PAP ------------------------------------------------------------------------------
 
@@ -367,6 +421,7 @@ class Worker:
             now = self.loop.time()
             if now - last_purge >= 1.0:
                 last_purge = now
+                self._watch_database()
                 if not self.decision_log.alive():
                     log.error("the decision log writer died; answers continue unlogged")
             if now - last_counters >= COUNTER_LOG_SECONDS:

@@ -27,7 +27,7 @@ from service.db import SessionFactory, database_error_message
 from service.decisions import DecisionRow, record_decisions, refused_by_database
 
 # DecisionRow is the domain's (service/decisions.py); radius/authorizer.py names it from here.
-__all__ = ["AcctTicket", "DecisionRow", "LogWriter", "Stored", "store_isolating"]
+__all__ = ["AcctTicket", "DecisionRow", "LogWriter", "Outage", "Stored", "store_isolating"]
 
 log = logging.getLogger("schoolgate.radius.writer")
 
@@ -82,6 +82,34 @@ def store_isolating(store: Callable[[list[T]], None], rows: Sequence[T]) -> Stor
     return result
 
 
+class Outage:
+    """One log line when writing to the database starts failing and one when it works again,
+    with the rows lost meanwhile: not a line per batch while the database is away."""
+
+    def __init__(self, what: str, logger: logging.Logger) -> None:
+        self.what = what
+        self.log = logger
+        self.since: float | None = None
+        self.lost = 0
+
+    def failed(self, rows: int, reason: str | None) -> None:
+        self.lost += rows
+        if self.since is None:
+            self.since = time.monotonic()
+            self.log.error("%s: %d rows not stored: %s (logged once)", self.what, rows, reason)
+
+    def worked(self) -> None:
+        if self.since is not None:
+            self.log.warning(
+                "%s: stored again after %.0f s; %d rows not stored meanwhile",
+                self.what,
+                time.monotonic() - self.since,
+                self.lost,
+            )
+            self.since = None
+            self.lost = 0
+
+
 def describe_decision(row: DecisionRow) -> str:
     """The identifiers of a decision row, for the log line of its loss."""
     return f"NAS {row[2]!r} ({row[3]}), MAC {row[4]}, User-Name {row[5]!r}, access {row[7]}"
@@ -118,6 +146,8 @@ class LogWriter:
         self._give_up = give_up
         self._max_backlog = max_backlog
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._accounting_outage = Outage("accounting (not answered, the NAS retransmits)", log)
+        self._decision_outage = Outage("decision log", log)
         self._thread = threading.Thread(target=self._run, name="radius-writer", daemon=True)
 
     def start(self) -> None:
@@ -189,11 +219,9 @@ class LogWriter:
                 reason,
             )
         if result.unstored:
-            log.error(
-                "accounting batch of %d not stored, not answered: %s",
-                len(result.unstored),
-                result.error,
-            )
+            self._accounting_outage.failed(len(result.unstored), result.error)
+        elif result.stored:
+            self._accounting_outage.worked()
         failed = [ticket for ticket, _ in result.refused] + result.unstored
         if failed:
             self._give_up(failed)
@@ -209,4 +237,6 @@ class LogWriter:
         for row, reason in result.refused:
             log.error("decision row lost (%s): %s", describe_decision(row), reason)
         if result.unstored:
-            log.error("decision log batch of %d rows lost: %s", len(result.unstored), result.error)
+            self._decision_outage.failed(len(result.unstored), result.error)
+        elif result.stored:
+            self._decision_outage.worked()

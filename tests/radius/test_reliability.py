@@ -15,11 +15,19 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from pyrad.packet import AccessAccept
 from sqlalchemy import create_engine, text
 
 from service.models import AccountingSession, DecisionRecord
-from tests.conftest import SCHOOLGATE
-from tests.radius.conftest import acct_request, mab_request, start_server, vlan_of
+from tests.conftest import PG_ADMIN_URL, REPO, SCHOOLGATE
+from tests.radius.conftest import (
+    Timeout,
+    acct_request,
+    mab_request,
+    start_server,
+    status_server,
+    vlan_of,
+)
 from tests.radius.test_server import rows, wait_for
 
 NUL_NAME = "evil\x00name"
@@ -187,3 +195,91 @@ def test_a_worker_killed_with_sigkill_is_restarted_and_counted(westgate, tmp_pat
     assert "worker restarts: 1" in restarts[0]
     assert "radius server stopped; worker restarts: 1" in log
     assert "Traceback" not in log
+
+
+def status_message(server) -> str | None:
+    """The Reply-Message of the server's answer to a Status-Server, or None: no answer."""
+    client = server.client(timeout=0.5)
+    try:
+        reply = status_server(client)
+    except Timeout:
+        return None
+    return str(reply["Reply-Message"][0])
+
+
+def pg_connections(db_url: str, *, allow: bool) -> None:
+    """Open or close a test database to every client (a superuser too); closing also ends
+    the connections it has. The shared server itself keeps running."""
+    name = db_url.rsplit("/", 1)[1]
+    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allow).lower()}'))
+        if not allow:
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": name},
+            )
+    engine.dispose()
+
+
+def answer(server, mac: str) -> str | None:
+    """The VLAN of an Access-Accept, "reject" for an Access-Reject."""
+    client = server.client()
+    reply = client.SendPacket(mab_request(client, mac))
+    return vlan_of(reply) if reply.code == AccessAccept else "reject"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+@pytest.mark.parametrize(("when_stale", "stale_answer"), [(None, "99"), ("reject", "reject")])
+def test_answers_from_a_snapshot_the_database_cannot_refresh_are_bounded(
+    westgate, tmp_path, run_cli, when_stale, stale_answer
+):
+    """The database goes away: the server says at once that it is not ready, answers from
+    its snapshot for `radius_max_stale_seconds` (2 s here), then as the policy's
+    `[radius] when_stale` says (by default: every device to registration, VLAN 99), and
+    from the database again once it is back; one log line per change, no traceback."""
+    if when_stale is not None:
+        policy = Path(REPO / "deploy" / "policies" / "westgate.toml").read_text()
+        path = tmp_path / "westgate.toml"
+        path.write_text(f'{policy}\n[radius]\nwhen_stale = "{when_stale}"\n')
+        run_cli("policy", "load", str(path))
+    # --no-coa: the CoA dispatcher (service/enforcement) is not this test's subject.
+    server = start_server(
+        westgate.db_url, tmp_path, "--no-coa", env={"SCHOOLGATE_RADIUS_MAX_STALE_SECONDS": "2"}
+    )
+    try:
+        laptop = westgate.school_laptop
+        assert wait_for(lambda: (status_message(server) or "").startswith("ready"))
+        assert answer(server, laptop) == "10"
+        pg_connections(westgate.db_url, allow=False)
+        try:
+            assert wait_for(lambda: (status_message(server) or "").startswith("not ready"))
+            assert answer(server, laptop) == "10"  # still the snapshot: under 2 s old
+            assert wait_for(lambda: answer(server, laptop) == stale_answer, timeout=8)
+            assert "database unreachable" in (status_message(server) or "")
+        finally:
+            pg_connections(westgate.db_url, allow=True)
+        assert wait_for(lambda: answer(server, laptop) == "10", timeout=8)
+        assert wait_for(lambda: (status_message(server) or "").startswith("ready"))
+    finally:
+        log = server.stop()
+    assert "Traceback" not in log
+    assert log.count("snapshot reload failed") == 1
+    assert log.count("over radius_max_stale_seconds") == 1
+    assert log.count("database reachable again") == 1
+    assert log.count("answering from snapshot") >= 1
+
+
+def test_when_stale_is_checked_when_the_policy_is_loaded(run_cli, tmp_path):
+    policy = Path(REPO / "deploy" / "policies" / "westgate.toml").read_text()
+    path = tmp_path / "westgate.toml"
+    path.write_text(f'{policy}\n[radius]\nwhen_stale = "accept"\n')
+    result = run_cli("policy", "load", str(path), check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f'error: {path}: radius.when_stale: \'accept\': use "registration" or "reject"'
+    ]
