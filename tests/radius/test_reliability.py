@@ -8,9 +8,11 @@ where the database is part of the fault.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -283,3 +285,58 @@ def test_when_stale_is_checked_when_the_policy_is_loaded(run_cli, tmp_path):
     assert result.stderr.strip().splitlines() == [
         f'error: {path}: radius.when_stale: \'accept\': use "registration" or "reject"'
     ]
+
+
+def refuse_session_id(db_url: str, session_id: str) -> None:
+    """Make the database refuse accounting rows of one Acct-Session-Id."""
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(
+                text(
+                    "ALTER TABLE accounting_sessions ADD CONSTRAINT refuse_one "
+                    f"CHECK (acct_session_id <> '{session_id}') NOT VALID"
+                )
+            )
+        else:
+            conn.execute(
+                text(
+                    "CREATE TRIGGER refuse_one BEFORE INSERT ON accounting_sessions "
+                    f"WHEN NEW.acct_session_id = '{session_id}' "
+                    "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+                )
+            )
+    engine.dispose()
+
+
+def test_an_accounting_record_the_database_refuses_is_the_only_one_unanswered(westgate, tmp_path):
+    """A burst of 31 Accounting-Requests, one of which the database refuses: the other 30
+    are stored and answered, whatever batch they shared with it."""
+    refuse_session_id(westgate.db_url, "poison")
+    server = start_server(westgate.db_url, tmp_path)
+    try:
+        client = server.client()
+        names = [f"s-{n}" for n in range(15)] + ["poison"] + [f"s-{n}" for n in range(15, 30)]
+        packets = {}
+        for name in names:
+            request = acct_request(client, "Start", name, westgate.school_laptop)
+            packets[request.id] = (name, request.RequestPacket())
+        answered = set()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.settimeout(2.0)
+            for _, data in packets.values():
+                sock.sendto(data, ("127.0.0.1", server.acct_port))
+            with contextlib.suppress(TimeoutError):
+                while len(answered) < len(packets):
+                    reply = sock.recv(4096)
+                    answered.add(packets[reply[1]][0])
+    finally:
+        log = server.stop()
+    assert answered == set(names) - {"poison"}
+    stored = {s.acct_session_id for s in rows(westgate.db_url, AccountingSession)}
+    assert stored == set(names) - {"poison"}
+    refused = [line for line in log.splitlines() if "accounting record not stored" in line]
+    assert refused
+    assert all("Acct-Session-Id 'poison'" in line for line in refused)
+    assert "Traceback" not in log
