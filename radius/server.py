@@ -298,7 +298,10 @@ class Worker:
         else:
             age = time.monotonic() - self.keeper.last_ok
             answer = "stale answers (when_stale)" if self._stale else f"snapshot {version}"
-            message = f"not ready: database unreachable for {age:.0f} s; answering from {answer}"
+            message = (
+                f"not ready: database unreachable for {age:.0f} s (snapshot not refreshed); "
+                f"answering from {answer}"
+            )
         self.authorizer.status_message = message.encode()
 
     def _watch_database(self) -> None:
@@ -602,6 +605,9 @@ def _supervise(children: list[_Child]) -> int:
                 if not stopping and child.restart_at is not None and child.restart_at <= now:
                     child.start()
                     log.info("%s restarted as pid %d", child.name, child.pid)
+                    if stopping:  # the signal came while it was being forked
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(child.pid, stopping[0])
             time.sleep(SUPERVISE_SECONDS)
             continue
         dead = next((c for c in children if c.pid == pid), None)

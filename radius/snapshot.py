@@ -255,10 +255,12 @@ class SnapshotKeeper:
         server logs when the snapshot grows too old; `_reached` when it is back)."""
         if self.failing_since is None:
             self.failing_since = time.monotonic()
+            reason = database_error_message(exc)
             log.error(
                 "snapshot reload failed (%s); answering from snapshot %d",
-                database_error_message(exc) or _first_line(exc),
+                reason or _first_line(exc),
                 self._version,
+                exc_info=reason is None,  # not the database: a bug, worth its traceback once
             )
 
     def _run(self) -> None:
