@@ -68,6 +68,9 @@ _PAP_THROTTLED = refusal(
     "Too many failed sign-ins from this device or for this account: try again later.",
     "pap.throttled",
 )
+_STALE = refusal(
+    "The access database cannot be reached: no access until it is back.", "database-unreachable"
+)
 
 
 class Authorizer(PacketHandler):
@@ -271,6 +274,8 @@ class Authorizer(PacketHandler):
         is remembered when the engine says other devices share it (a `facts_key`)."""
         policy = nas.policy
         if policy is None:
+            if nas.stale:  # `[radius] when_stale = "reject"` (radius/snapshot.py)
+                return _STALE
             return refusal(f"Site {nas.info.site_code} has no policy loaded.", "no-policy")
         attrs = packet.attrs
         nas_identifier = attrs.get(codec.NAS_IDENTIFIER)

@@ -9,6 +9,11 @@ the writer process does the inserts, one transaction per `radius_log_batch_secon
 costs as much CPU as thousands of rows, and the writer shares the CPUs with the server). When
 the writer falls behind, whole batches are dropped and counted (`decisions_lost`); answers
 never wait for the log.
+
+A row the database refuses costs that row only (`radius.writer.store_isolating`), logged with
+its identifiers. The writer counts what it stored and lost in two shared integers, which the
+server copies into its counters (`decisions_logged`, `decisions_lost`): what the shutdown line
+and the minute's counters say is what reached the database.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import time
 from typing import Any
 
 from radius.counters import Counters
+from radius.writer import Outage, describe_decision, store_isolating
 from service.decisions import DecisionRow, record_decisions
 
 log = logging.getLogger("schoolgate.radius.decisions")
@@ -43,9 +49,19 @@ class DecisionLog:
         context = multiprocessing.get_context("fork")
         self._counters = counters
         self._queue: Any = context.Queue(maxsize=MAX_QUEUED_BATCHES)
+        # Rows the writer stored and lost, written by it alone (so no lock), read here.
+        self._written: Any = context.RawValue("q", 0)
+        self._writer_lost: Any = context.RawValue("q", 0)
+        self._dropped = 0  # rows this process could not hand over (the queue was full)
         self._process = context.Process(
             target=_writer_main,
-            args=(self._queue, database_url, os.getpid(), max(0.01, batch_seconds)),
+            args=(
+                self._queue,
+                database_url,
+                os.getpid(),
+                max(0.01, batch_seconds),
+                (self._written, self._writer_lost),
+            ),
             name="schoolgate-decision-log",
             daemon=True,
         )
@@ -57,6 +73,7 @@ class DecisionLog:
 
     def flush(self) -> None:
         """Hand the rows gathered so far to the writer (called by the loop's timer)."""
+        self.sync_counters()
         rows = self._rows
         if not rows:
             return
@@ -66,9 +83,14 @@ class DecisionLog:
             part = batch[start : start + MAX_BATCH_ROWS]
             try:
                 self._queue.put_nowait(part)
-                self._counters.decisions_logged += len(part)
             except queue.Full:
-                self._counters.decisions_lost += len(part)
+                self._dropped += len(part)
+        self.sync_counters()
+
+    def sync_counters(self) -> None:
+        """Copy what the writer stored and lost (and what never reached it) into the counters."""
+        self._counters.decisions_logged = self._written.value
+        self._counters.decisions_lost = self._dropped + self._writer_lost.value
 
     def alive(self) -> bool:
         return self._process.is_alive()
@@ -82,10 +104,15 @@ class DecisionLog:
         if self._process.is_alive():
             self._process.terminate()
         self._queue.close()
+        self.sync_counters()
 
 
 def _writer_main(
-    batches: Any, database_url: str, parent_pid: int, batch_seconds: float = 0.5
+    batches: Any,
+    database_url: str,
+    parent_pid: int,
+    batch_seconds: float = 0.5,
+    tally: tuple[Any, Any] | None = None,
 ) -> None:
     """The writer process: insert batches until told to stop or the server is gone."""
     from service.db import make_engine, make_session_factory
@@ -105,6 +132,7 @@ def _writer_main(
     )
     engine = make_engine(database_url)
     factory = make_session_factory(engine)
+    outage = Outage("decision log", log)
     stopping = False
     try:
         while not stopping:
@@ -131,10 +159,28 @@ def _writer_main(
                     stopping = True
                     break
                 rows.extend(more)
-            try:
-                with factory() as session, session.begin():
-                    record_decisions(session=session, rows=rows)
-            except Exception:  # the loop boundary: this batch is lost, the next may go in
-                log.exception("decision log batch of %d rows lost", len(rows))
+            _write(factory, rows, tally, outage)
     finally:
         engine.dispose()
+
+
+def _write(
+    factory: Any, rows: list[DecisionRow], tally: tuple[Any, Any] | None, outage: Outage
+) -> None:
+    """One batch, in one transaction, or split around the rows the database refuses."""
+
+    def store(part: list[DecisionRow]) -> None:
+        with factory() as session, session.begin():
+            record_decisions(session=session, rows=part)
+
+    result = store_isolating(store, rows)
+    for row, reason in result.refused:
+        log.error("decision row lost (%s): %s", describe_decision(row), reason)
+    if result.unstored:  # the next batch may go in
+        outage.failed(len(result.unstored), result.error)
+    elif result.stored:
+        outage.worked()
+    if tally is not None:
+        written, lost = tally
+        written.value += len(result.stored)
+        lost.value += len(result.refused) + len(result.unstored)

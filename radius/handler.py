@@ -40,6 +40,9 @@ class PacketHandler:
         self.window = duplicate_window
         self.auth_seen = DuplicateCache(duplicate_window)
         self.acct_seen = DuplicateCache(duplicate_window)
+        # The Reply-Message of Status-Server answers: readiness, set by the server
+        # ("ready: ..." while the database answers, "not ready: ..." when it does not).
+        self.status_message = b""
 
     # --- shared steps ---------------------------------------------------------------------
 
@@ -55,14 +58,17 @@ class PacketHandler:
         return nas
 
     def _status_reply(self, packet: RawPacket, nas: NasEntry, code: int) -> bytes | None:
-        """RFC 5997: Status-Server must carry a valid Message-Authenticator."""
+        """RFC 5997: Status-Server must carry a valid Message-Authenticator. The answer says
+        the server is alive; its Reply-Message whether it is ready (`status_message`)."""
         if not codec.verify_message_authenticator(packet, nas.secret, key=nas.hmac_key):
             self._drop("bad_message_authenticator", ("status", 0))
             return None
         self.counters.status_server += 1
         self.counters.answered += 1
+        message = self.status_message
+        body = codec.attr(codec.REPLY_MESSAGE, message[:253]) if message else b""
         return codec.encode_reply(
-            code, packet.identifier, packet.authenticator, b"", nas.secret, key=nas.hmac_key
+            code, packet.identifier, packet.authenticator, body, nas.secret, key=nas.hmac_key
         )
 
     def purge(self) -> None:

@@ -23,6 +23,8 @@ import signal
 import socket
 import struct
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,10 +33,11 @@ from typing import Any
 from radius.authorizer import Authorizer, PapJob
 from radius.counters import Counters
 from radius.decision_log import DecisionLog
-from radius.snapshot import HotState, SnapshotKeeper, load_state
+from radius.snapshot import HotState, SnapshotKeeper, load_state, stale_state
 from radius.writer import AcctTicket, LogWriter
 from service.config import Settings
 from service.db import make_engine, make_session_factory
+from service.errors import Conflict
 
 log = logging.getLogger("schoolgate.radius")
 
@@ -175,6 +178,55 @@ def bind_udp(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _holder_pid(name: bytes) -> int | None:
+    """The pid of the process listening on the abstract socket `name` (SO_PEERCRED), or None."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(0.2)
+            probe.connect(name)
+            creds = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid, _uid, _gid = struct.unpack("3i", creds)
+    return int(pid) or None
+
+
+def claim_ports(ports: Sequence[int]) -> list[socket.socket]:
+    """Make this server the only one on `ports`; keep the sockets returned for as long as it
+    serves (its forked workers inherit them). Raises `Conflict` naming the port and the pid
+    of the server that holds it.
+
+    Why: the workers share each port with SO_REUSEPORT, and so could a second `radius serve`
+    of the same user, silently taking a share of the requests with its own database. Each
+    port is claimed with a Unix socket bound in Linux's abstract namespace (one name per
+    port): the kernel frees it when the last process holding it dies, even by `kill -9`,
+    so there is no stale lock file, and the namespace belongs to the network namespace,
+    exactly like the ports. A server of another product on the port still gets EADDRINUSE
+    from `bind`, as it does not set SO_REUSEPORT. Elsewhere than Linux, nothing is claimed.
+    """
+    if not sys.platform.startswith("linux"):
+        return []
+    held: list[socket.socket] = []
+    for port in ports:
+        name = f"\0schoolgate-radius-udp-{port}".encode()
+        claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            claim.bind(name)
+        except OSError as exc:
+            claim.close()
+            for sock in held:
+                sock.close()
+            pid = _holder_pid(name)
+            holder = f" (pid {pid})" if pid else ""
+            raise Conflict(
+                f"another schoolgate RADIUS server{holder} already serves UDP port {port}: "
+                "stop it, or give this one other --auth-port/--acct-port"
+            ) from exc
+        claim.listen(8)
+        held.append(claim)
+    return held
+
+
 class Worker:
     """One process's server: endpoints, authorizer, keeper and writer."""
 
@@ -220,13 +272,69 @@ class Worker:
                 on_swap=self._swap,
                 current_version=state.version,
             )
+            # The last state loaded from the database, and whether the authorizer answers
+            # from `stale_state(fresh)` instead (`_watch_database`).
+            self._fresh = state
+            self._stale = False
+            self._state_lock = threading.Lock()
+            self._reachable = True
+            self._set_status()
         except BaseException:
             self.decision_log.stop()  # no orphan writer when the database is not usable
             raise
 
     def _swap(self, state: HotState) -> None:
-        self.authorizer.state = state  # one assignment: the hot path sees old or new, whole
+        with self._state_lock:  # the keeper's thread
+            self._fresh = state
+            if not self._stale:
+                self.authorizer.state = state  # one assignment: the hot path sees old or new
         _freeze_heap()
+
+    def _set_status(self) -> None:
+        """The Reply-Message of Status-Server answers: readiness, for a probe (`radclient`)."""
+        version = self._fresh.version
+        if self._reachable:
+            message = f"ready: database reachable, snapshot {version}"
+        else:
+            age = time.monotonic() - self.keeper.last_ok
+            answer = "stale answers (when_stale)" if self._stale else f"snapshot {version}"
+            message = (
+                f"not ready: database unreachable for {age:.0f} s (snapshot not refreshed); "
+                f"answering from {answer}"
+            )
+        self.authorizer.status_message = message.encode()
+
+    def _watch_database(self) -> None:
+        """Once a second, on the loop: readiness follows the keeper's last successful poll,
+        and past `radius_max_stale_seconds` the answers come from `stale_state` until the
+        database answers again. One log line per change (the keeper logs the database's
+        own going and coming back)."""
+        keeper = self.keeper
+        self._reachable = keeper.failing_since is None
+        age = time.monotonic() - keeper.last_ok
+        stale = age > self.settings.radius_max_stale_seconds
+        with self._state_lock:
+            if stale != self._stale:
+                self._stale = stale
+                if stale:
+                    self.authorizer.state = stale_state(self._fresh)
+                    log.error(
+                        "worker %d: snapshot %d is %.0f s old, over radius_max_stale_seconds "
+                        "(%g): answering as the policy's [radius] when_stale says until the "
+                        "database is back",
+                        self.index,
+                        self._fresh.version,
+                        age,
+                        self.settings.radius_max_stale_seconds,
+                    )
+                else:
+                    self.authorizer.state = self._fresh
+                    log.warning(
+                        "worker %d: answering from snapshot %d again",
+                        self.index,
+                        self._fresh.version,
+                    )
+        self._set_status()
 
     # --- PAP ------------------------------------------------------------------------------
 
@@ -316,6 +424,7 @@ class Worker:
             now = self.loop.time()
             if now - last_purge >= 1.0:
                 last_purge = now
+                self._watch_database()
                 if not self.decision_log.alive():
                     log.error("the decision log writer died; answers continue unlogged")
             if now - last_counters >= COUNTER_LOG_SECONDS:
@@ -379,11 +488,22 @@ def _run_worker(settings: Settings, options: ServeOptions, index: int) -> None:
     asyncio.run(_serve_worker(settings, options, index))
 
 
+RESTART_FIRST_SECONDS = 0.5
+RESTART_MAX_SECONDS = 30.0
+HEALTHY_SECONDS = 60.0  # a child that ran this long before dying restarts after the first delay
+STARTUP_SECONDS = 10.0  # a child that fails (exit 1) this soon after the server started, stops it
+SUPERVISE_SECONDS = 0.1
+
+
 def _fork(name: str, run: Callable[[], None]) -> int:
     pid = os.fork()
     if pid:
         return pid
     code = 0  # the child: its own engine, threads and loop
+    # The supervisor's handlers are not the child's: until the worker sets its own, a signal
+    # ends it (SIGINT as Python's KeyboardInterrupt).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         run()
     except Exception:
@@ -395,12 +515,42 @@ def _fork(name: str, run: Callable[[], None]) -> int:
         os._exit(code)
 
 
+@dataclass
+class _Child:
+    """A process the supervisor keeps running."""
+
+    name: str
+    run: Callable[[], None]
+    pid: int = 0  # 0: not running
+    started: float = 0.0
+    runs: int = 0
+    quick_failures: int = 0  # in a row, each within HEALTHY_SECONDS of its start
+    restart_at: float | None = None
+
+    def start(self) -> None:
+        self.pid = _fork(self.name, self.run)
+        self.started = time.monotonic()
+        self.runs += 1
+        self.restart_at = None
+
+
 def serve(settings: Settings, options: ServeOptions) -> int:
     """Run the server until SIGTERM/SIGINT.
 
     Forks `options.workers` processes when > 1, and one more for the CoA dispatcher (unless
-    `options.coa_dispatcher` is off or CoA is disabled in the settings).
+    `options.coa_dispatcher` is off or CoA is disabled in the settings), and restarts any of
+    them that dies (`_supervise`). Refuses (`Conflict`) to start when another server holds the
+    ports (`claim_ports`).
     """
+    claims = claim_ports((options.auth_port, options.acct_port))
+    try:
+        return _serve(settings, options)
+    finally:
+        for claim in claims:
+            claim.close()
+
+
+def _serve(settings: Settings, options: ServeOptions) -> int:
     dispatcher = options.coa_dispatcher and settings.coa_enabled
     if options.workers <= 1 and not dispatcher:
         asyncio.run(_serve_worker(settings, options, 0))
@@ -408,31 +558,87 @@ def serve(settings: Settings, options: ServeOptions) -> int:
     # Probe the ports once in the parent, so a port in use is one clear error, not N.
     for port in (options.auth_port, options.acct_port):
         bind_udp(options.host, port).close()
-    children: dict[int, str] = {}
+    children: list[_Child] = []
     if dispatcher:
-        pid = _fork("CoA dispatcher", lambda: asyncio.run(_serve_dispatcher(settings)))
-        children[pid] = "CoA dispatcher"
-    for index in range(options.workers):
-        pid = _fork(f"worker {index}", functools.partial(_run_worker, settings, options, index))
-        children[pid] = f"worker {index}"
+        children.append(_Child("CoA dispatcher", lambda: asyncio.run(_serve_dispatcher(settings))))
+    children.extend(
+        _Child(f"worker {index}", functools.partial(_run_worker, settings, options, index))
+        for index in range(options.workers)
+    )
+    for child in children:
+        child.start()
+    return _supervise(children)
+
+
+def _supervise(children: list[_Child]) -> int:
+    """Wait for the children; restart one that dies, until SIGTERM/SIGINT (forwarded to
+    them). A killed worker (`kill -9`, the OOM killer, a crash) is restarted after
+    RESTART_FIRST_SECONDS, doubled for each further death within HEALTHY_SECONDS of its start
+    up to RESTART_MAX_SECONDS, so a crash loop does not spin; each restart is logged once and
+    counted (the count is in the last line). Meanwhile the kernel hands the dead worker's share
+    of the port to the others. A child that fails on its own at start (the database missing,
+    say) stops the server, as before: that is for the operator, not for a retry."""
+    stopping: list[int] = []
+    restarts = 0
+    status = 0
+    server_started = time.monotonic()
 
     def forward(signum: int, _frame: Any) -> None:
-        for pid in list(children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+        stopping.append(signum)
+        for child in children:
+            if child.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    status = 0
-    while children:
+    while True:
         try:
-            pid, wait_status = os.wait()
+            pid, wait_status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            break
-        name = children.pop(pid, "a child")
+            pid, wait_status = 0, 0
+        now = time.monotonic()
+        if pid == 0:
+            if stopping and not any(child.pid for child in children):
+                break
+            for child in children:
+                if not stopping and child.restart_at is not None and child.restart_at <= now:
+                    child.start()
+                    log.info("%s restarted as pid %d", child.name, child.pid)
+                    if stopping:  # the signal came while it was being forked
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(child.pid, stopping[0])
+            time.sleep(SUPERVISE_SECONDS)
+            continue
+        dead = next((c for c in children if c.pid == pid), None)
+        if dead is None:
+            continue
+        dead.pid = 0
         code = os.waitstatus_to_exitcode(wait_status)
-        if code not in (0, -signal.SIGTERM, -signal.SIGINT):
-            log.error("%s (pid %d) exited with %d", name, pid, code)
+        if stopping:
+            if code not in (0, -signal.SIGTERM, -signal.SIGINT):
+                log.error("%s (pid %d) exited with %d while stopping", dead.name, pid, code)
+                status = 1
+            continue
+        if code > 0 and dead.runs == 1 and now - server_started < STARTUP_SECONDS:
+            log.error("%s (pid %d) could not start (exit %d); stopping", dead.name, pid, code)
             status = 1
-            forward(signal.SIGTERM, None)  # one part down: stop all, let the supervisor restart
+            forward(signal.SIGTERM, None)
+            continue
+        lived = now - dead.started
+        dead.quick_failures = dead.quick_failures + 1 if lived < HEALTHY_SECONDS else 1
+        delay = min(RESTART_MAX_SECONDS, RESTART_FIRST_SECONDS * 2 ** (dead.quick_failures - 1))
+        dead.restart_at = now + delay
+        restarts += 1
+        how = f"killed by signal {-code}" if code < 0 else f"exited with {code}"
+        log.error(
+            "%s (pid %d) %s after %.0f s; restarting it in %.1f s (worker restarts: %d)",
+            dead.name,
+            pid,
+            how,
+            lived,
+            delay,
+            restarts,
+        )
+    log.info("radius server stopped; worker restarts: %d", restarts)
     return status

@@ -6,6 +6,10 @@ most-specific first for CIDRs), each NAS's secret as bytes, its vendor profile a
 policy. `SnapshotKeeper` polls the change counter every `radius_snapshot_poll_seconds` (and,
 on PostgreSQL, wakes on `LISTEN schoolgate_changes`), rebuilds the state off the event loop
 and swaps it in with one attribute assignment.
+
+Each successful poll proves the database reachable (`last_ok`); the server compares its age
+with `radius_max_stale_seconds` and, past it, answers from `stale_state` instead: every device
+as an unregistered one, or a refusal, as the site's `[radius] when_stale` says.
 """
 
 from __future__ import annotations
@@ -17,13 +21,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from radius.codec import HmacKey, hmac_md5_key
 from radius.vendors import VendorProfile, profile_for
 from service.audit import NOTIFY_CHANNEL
-from service.db import Engine, SessionFactory
+from service.db import Engine, SessionFactory, database_error_message
 from service.facts import NasInfo, Snapshot, change_version, load_snapshot
 from service.policy import SitePolicy, device_key
 
@@ -39,6 +43,9 @@ class NasEntry:
     secret: bytes
     profile: VendorProfile
     policy: SitePolicy | None  # None when the NAS's site has no policy loaded yet
+    # True in a `stale_state` of a site whose policy says `when_stale = "reject"` (then
+    # `policy` is None): the refusal says why.
+    stale: bool = False
     # HMAC-MD5 keyed with the secret, copied for each Message-Authenticator.
     hmac_key: HmacKey = field(init=False, compare=False, repr=False)
     # The decision cache for this NAS (see `radius/decision_cache.py`); it lives
@@ -131,9 +138,32 @@ def build_state(snapshot: Snapshot) -> HotState:
     return state
 
 
+def stale_state(state: HotState) -> HotState:
+    """What the server answers from once the database has been unreachable too long: no
+    device is known any more (each is answered as an unregistered one: the registration
+    network, short Session-Timeout) and no PAP credential (a revoked password must not keep
+    working); a NAS of a site whose policy says `when_stale = "reject"` refuses everything."""
+    snapshot = replace(state.snapshot, devices={}, credentials={}, device_owner={})
+    stale = build_state(snapshot)
+    rejecting = {
+        id(entry): replace(entry, policy=None, stale=True, decisions={})
+        for entry in [*stale.exact.values(), *(e for _, e in stale.networks)]
+        if entry.policy is not None and entry.policy.when_stale == "reject"
+    }
+    if rejecting:
+        stale.exact = {a: rejecting.get(id(e), e) for a, e in stale.exact.items()}
+        stale.networks = [(n, rejecting.get(id(e), e)) for n, e in stale.networks]
+    return stale
+
+
 def load_state(factory: SessionFactory) -> HotState:
     with factory() as session, session.begin():
         return build_state(load_snapshot(session))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 class SnapshotKeeper:
@@ -156,6 +186,10 @@ class SnapshotKeeper:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="snapshot-keeper", daemon=True)
         self.reloads = 0
+        # When the change counter was last read (time.monotonic()): the database was
+        # reachable then, and the state current. Read by the server's loop.
+        self.last_ok = time.monotonic()
+        self.failing_since: float | None = None  # monotonic time of the first failed poll
 
     def start(self) -> None:
         self._thread.start()
@@ -169,6 +203,7 @@ class SnapshotKeeper:
         with self._factory() as session:
             version = change_version(session)
         if version == self._version:
+            self._reached()
             return False
         started = time.perf_counter()
         # Building the state is a few hundred milliseconds of Python (30,000 devices) and the
@@ -193,6 +228,7 @@ class SnapshotKeeper:
             sys.setswitchinterval(interval)
         self._version = state.version
         self._on_swap(state)
+        self._reached()
         self.reloads += 1
         log.info(
             "snapshot %d loaded in %.0f ms: %d devices, %d NAS clients, %d sites",
@@ -204,16 +240,41 @@ class SnapshotKeeper:
         )
         return True
 
+    def _reached(self) -> None:
+        self.last_ok = time.monotonic()
+        if self.failing_since is not None:
+            log.warning(
+                "database reachable again after %.0f s; snapshot %d",
+                self.last_ok - self.failing_since,
+                self._version,
+            )
+            self.failing_since = None
+
+    def _failed(self, exc: Exception) -> None:
+        """One line when the database stops answering, none while it stays away (the
+        server logs when the snapshot grows too old; `_reached` when it is back)."""
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+            reason = database_error_message(exc)
+            log.error(
+                "snapshot reload failed (%s); answering from snapshot %d",
+                reason or _first_line(exc),
+                self._version,
+                exc_info=reason is None,  # not the database: a bug, worth its traceback once
+            )
+
     def _run(self) -> None:
-        listener = self._listen() if self._engine.dialect.name == "postgresql" else None
+        postgres = self._engine.dialect.name == "postgresql"
+        listener = self._listen() if postgres else None
         try:
             while not self._stop.is_set():
+                was_failing = self.failing_since is not None
                 try:
                     self.check_now()
-                except Exception:  # the loop boundary: keep the old state, try again
-                    log.exception(
-                        "snapshot reload failed; answering from version %d", self._version
-                    )
+                except Exception as exc:  # noqa: BLE001 - the loop boundary: keep the old state
+                    self._failed(exc)
+                if postgres and listener is None and was_failing and self.failing_since is None:
+                    listener = self._listen()  # back: wake on changes again
                 if listener is not None:
                     listener = self._wait_notify(listener)
                 else:
@@ -231,8 +292,8 @@ class SnapshotKeeper:
             conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
             conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
             return conn
-        except Exception:  # no LISTEN: the poll alone still catches every change
-            log.warning("cannot LISTEN on %s; polling only", NOTIFY_CHANNEL, exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - no LISTEN: the poll still catches every change
+            log.warning("cannot LISTEN on %s (%s); polling only", NOTIFY_CHANNEL, _first_line(exc))
             return None
 
     def _wait_notify(self, conn: Any) -> Any:
@@ -240,8 +301,8 @@ class SnapshotKeeper:
             for _ in conn.notifies(timeout=self._poll, stop_after=1):
                 break
             return conn
-        except Exception:
-            log.warning("LISTEN connection lost; polling only", exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - a lost connection; the poll reports the rest
+            log.warning("LISTEN connection lost (%s); polling", _first_line(exc))
             conn.close()
             self._stop.wait(self._poll)
             return None

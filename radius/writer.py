@@ -5,6 +5,10 @@ waiting (then hands the batch's Accounting-Responses back to the loop: a NAS is 
 once its record is durable) and the decision log every `radius_log_batch_seconds`. When the
 database cannot keep up, decision rows beyond the backlog limit are dropped and counted;
 accounting is never dropped here: it is simply not answered, so the NAS retransmits.
+
+A batch the database refuses because of one row (a value it cannot store, a constraint) is
+split in halves until that row is found (`store_isolating`): the bad row alone is lost,
+counted and logged with its identifiers; the others are stored.
 """
 
 from __future__ import annotations
@@ -14,18 +18,101 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from radius.counters import Counters
 from service.accounting import AcctRecord, apply_accounting
-from service.db import SessionFactory
-from service.decisions import DecisionRow, record_decisions
+from service.db import SessionFactory, database_error_message
+from service.decisions import DecisionRow, record_decisions, refused_by_database
 
 # DecisionRow is the domain's (service/decisions.py); radius/authorizer.py names it from here.
-__all__ = ["AcctTicket", "DecisionRow", "LogWriter"]
+__all__ = ["AcctTicket", "DecisionRow", "LogWriter", "Outage", "Stored", "store_isolating"]
 
 log = logging.getLogger("schoolgate.radius.writer")
+
+T = TypeVar("T")
+
+
+def one_line(exc: BaseException) -> str:
+    """The database's complaint in one line (no statement, no parameters)."""
+    message = database_error_message(exc)
+    if message is None:
+        first = str(exc).strip().splitlines()
+        message = f"{type(exc).__name__}: {first[0] if first else ''}"
+    return message
+
+
+@dataclass
+class Stored(Generic[T]):
+    """What `store_isolating` did with each row of a batch."""
+
+    stored: list[T] = field(default_factory=list)
+    refused: list[tuple[T, str]] = field(default_factory=list)  # (row, the database's reason)
+    unstored: list[T] = field(default_factory=list)  # not tried: the database failed
+    error: str | None = None  # why `unstored` were not tried
+
+
+def store_isolating(store: Callable[[list[T]], None], rows: Sequence[T]) -> Stored[T]:
+    """Store `rows` with `store` (one transaction per call), in order. When the database
+    refuses a part because of a row in it, the part is split in halves until the row is
+    found: k bad rows in n cost about 2k·log2(n) extra transactions, and only those k rows.
+    Any other failure (the database unreachable) stops at once: what is left is `unstored`."""
+    result: Stored[T] = Stored()
+    pending = [list(rows)]
+    while pending:
+        part = pending.pop()
+        if result.error is not None:
+            result.unstored.extend(part)
+            continue
+        try:
+            store(part)
+        except Exception as exc:  # noqa: BLE001 - the loop boundary of one part: sorted below
+            if not refused_by_database(exc):
+                result.error = one_line(exc)
+                result.unstored.extend(part)
+            elif len(part) == 1:
+                result.refused.append((part[0], one_line(exc)))
+            else:
+                middle = len(part) // 2
+                pending.append(part[middle:])
+                pending.append(part[:middle])  # popped first: the rows stay in order
+            continue
+        result.stored.extend(part)
+    return result
+
+
+class Outage:
+    """One log line when writing to the database starts failing and one when it works again,
+    with the rows lost meanwhile: not a line per batch while the database is away."""
+
+    def __init__(self, what: str, logger: logging.Logger) -> None:
+        self.what = what
+        self.log = logger
+        self.since: float | None = None
+        self.lost = 0
+
+    def failed(self, rows: int, reason: str | None) -> None:
+        self.lost += rows
+        if self.since is None:
+            self.since = time.monotonic()
+            self.log.error("%s: %d rows not stored: %s (logged once)", self.what, rows, reason)
+
+    def worked(self) -> None:
+        if self.since is not None:
+            self.log.warning(
+                "%s: stored again after %.0f s; %d rows not stored meanwhile",
+                self.what,
+                time.monotonic() - self.since,
+                self.lost,
+            )
+            self.since = None
+            self.lost = 0
+
+
+def describe_decision(row: DecisionRow) -> str:
+    """The identifiers of a decision row, for the log line of its loss."""
+    return f"NAS {row[2]!r} ({row[3]}), MAC {row[4]}, User-Name {row[5]!r}, access {row[7]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +146,8 @@ class LogWriter:
         self._give_up = give_up
         self._max_backlog = max_backlog
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._accounting_outage = Outage("accounting (not answered, the NAS retransmits)", log)
+        self._decision_outage = Outage("decision log", log)
         self._thread = threading.Thread(target=self._run, name="radius-writer", daemon=True)
 
     def start(self) -> None:
@@ -110,21 +199,44 @@ class LogWriter:
             if time.monotonic() >= deadline:
                 deadline = time.monotonic() + self._batch
 
+    def _store_accounting(self, tickets: list[AcctTicket]) -> None:
+        with self._factory() as session, session.begin():
+            apply_accounting(session=session, records=[t.record for t in tickets])
+
     def _write_accounting(self, tickets: list[AcctTicket]) -> None:
-        try:
-            with self._factory() as session, session.begin():
-                apply_accounting(session=session, records=[t.record for t in tickets])
-        except Exception:  # the loop boundary: the NAS retransmits what we did not answer
-            log.exception("accounting batch of %d not stored; not answered", len(tickets))
-            self._give_up(tickets)
-            return
-        self._deliver(tickets)
+        result = store_isolating(self._store_accounting, tickets)
+        if result.stored:
+            self._deliver(result.stored)
+        # Not answered: the NAS retransmits, and a record the database refused is refused
+        # again, alone. Counted by the loop (`accounting_not_stored`).
+        for ticket, reason in result.refused:
+            record = ticket.record
+            log.error(
+                "accounting record not stored (NAS %s, Acct-Session-Id %r, MAC %s): %s",
+                ticket.address[0],
+                record.acct_session_id,
+                record.mac,
+                reason,
+            )
+        if result.unstored:
+            self._accounting_outage.failed(len(result.unstored), result.error)
+        elif result.stored:
+            self._accounting_outage.worked()
+        failed = [ticket for ticket, _ in result.refused] + result.unstored
+        if failed:
+            self._give_up(failed)
+
+    def _store_decisions(self, rows: list[DecisionRow]) -> None:
+        with self._factory() as session, session.begin():
+            record_decisions(session=session, rows=rows)
 
     def _write_decisions(self, rows: list[DecisionRow]) -> None:
-        try:
-            with self._factory() as session, session.begin():
-                record_decisions(session=session, rows=rows)
-            self._counters.decisions_logged += len(rows)
-        except Exception:  # the loop boundary: answers went out; the log lost this batch
-            log.exception("decision log batch of %d rows lost", len(rows))
-            self._counters.decisions_lost += len(rows)
+        result = store_isolating(self._store_decisions, rows)
+        self._counters.decisions_logged += len(result.stored)
+        self._counters.decisions_lost += len(result.refused) + len(result.unstored)
+        for row, reason in result.refused:
+            log.error("decision row lost (%s): %s", describe_decision(row), reason)
+        if result.unstored:
+            self._decision_outage.failed(len(result.unstored), result.error)
+        elif result.stored:
+            self._decision_outage.worked()

@@ -10,13 +10,15 @@ committing before the Accounting-Responses of the batch are sent.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import IntEnum
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from service.decisions import storable_text
 from service.models import AccountingSession
 
 
@@ -58,7 +60,9 @@ class AcctRecord:
 
 def apply_accounting(*, session: Session, records: Sequence[AcctRecord]) -> None:
     """Write a batch of records as session rows, in order, with one query for the rows the
-    batch already has; flushes, the caller commits (and only then answers the NAS)."""
+    batch already has; flushes, the caller commits (and only then answers the NAS). The text a
+    NAS sent is made storable first (`storable_text`: a NUL escaped, not the batch lost)."""
+    records = [_storable(r) for r in records]
     session_ids = {r.acct_session_id for r in records if r.acct_session_id}
     rows: dict[tuple[int | None, str, str | None], AccountingSession] = {}
     if session_ids:
@@ -108,6 +112,20 @@ def apply_accounting(*, session: Session, records: Sequence[AcctRecord]) -> None
             rows[key] = row
         _update(row, record)
     session.flush()
+
+
+_NAS_TEXT = ("nas_identifier", "acct_session_id", "username", "called_station_id", "nas_port_id")
+
+
+def _storable(record: AcctRecord) -> AcctRecord:
+    """`record` with the text its NAS chose made storable; the same object when it already is
+    (the usual case: a few `isprintable` calls)."""
+    changes: dict[str, Any] = {}
+    for name in _NAS_TEXT:
+        value = getattr(record, name)
+        if value is not None and not value.isprintable():
+            changes[name] = storable_text(value)
+    return replace(record, **changes) if changes else record
 
 
 def _update(row: AccountingSession, record: AcctRecord) -> None:

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     # or variable naming some tables changes those; the others keep these defaults.
     retention_days: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_RETENTION_DAYS))
 
+    # RADIUS (s3, issue 11): how old the snapshot may grow while the database cannot be
+    # reached before RADIUS stops answering from it (then `[radius] when_stale` of the policy).
+    radius_max_stale_seconds: float = Field(default=300.0, gt=0)
+
     @field_validator("retention_days", mode="after")
     @classmethod
     def _merge_retention_defaults(cls, value: dict[str, int]) -> dict[str, int]:

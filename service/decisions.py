@@ -7,10 +7,12 @@ order of `DECISION_COLUMNS`) and a writer process hands batches of them to `reco
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from service.models import DecisionRecord
@@ -49,13 +51,37 @@ DecisionRow = tuple[
 ]
 
 
+# C0 controls and DEL: PostgreSQL text cannot hold NUL at all, and the others would reach a
+# terminal raw through `export` and `device show`.
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
+def storable_text(value: str | None, limit: int = 255) -> str | None:
+    """`value` as it can be stored and shown: each control character (NUL first of all)
+    written as `\\xNN`, cut at `limit` characters. Used for the text a NAS sends (User-Name,
+    Acct-Session-Id, ...): recording a name with its NUL escaped beats losing the row."""
+    if value is None:
+        return None
+    if value.isprintable():  # the usual case, one C call
+        return value[:limit]
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value)[:limit]
+
+
+def refused_by_database(exc: BaseException) -> bool:
+    """True when the database refused the rows themselves (a value it cannot store, a
+    constraint), False when it could not be reached or failed otherwise: only a refusal is
+    worth splitting a batch to find the row at fault (`radius/writer.py`)."""
+    return isinstance(exc, (DataError, IntegrityError))
+
+
 def record_decisions(*, session: Session, rows: Sequence[DecisionRow]) -> None:
     """Insert a batch of decision rows with one DBAPI executemany (the caller commits).
 
     The SQLAlchemy insert costs 20-30 µs a row in bind processing, in the same process (and
     under the same GIL) as the hot path; a plain executemany costs a few. The only conversion
     is the time (POSIX seconds in the row): naive UTC text on SQLite (as `UTCDateTime` stores
-    it), an aware datetime on PostgreSQL. The rows are in the database when this returns.
+    it), an aware datetime on PostgreSQL; and the User-Name made storable (`storable_text`).
+    The rows are in the database when this returns.
     """
     connection = session.connection()
     dialect = connection.dialect
@@ -64,9 +90,13 @@ def record_decisions(*, session: Session, rows: Sequence[DecisionRow]) -> None:
     values = ", ".join([placeholder] * len(DECISION_COLUMNS))
     table = DecisionRecord.__tablename__
     sql = f"INSERT INTO {table} ({columns}) VALUES ({values})"  # noqa: S608 - fixed names
+    # The User-Name is the one column the NAS (and so whoever is on the network) chooses.
+    text = storable_text
     if dialect.name == "sqlite":
-        params: list[tuple[Any, ...]] = [(sqlite_time(r[0]), *r[1:]) for r in rows]
+        params: list[tuple[Any, ...]] = [
+            (sqlite_time(r[0]), *r[1:5], text(r[5]), *r[6:]) for r in rows
+        ]
     else:
         utc_time = datetime.fromtimestamp
-        params = [(utc_time(r[0], UTC), *r[1:]) for r in rows]
+        params = [(utc_time(r[0], UTC), *r[1:5], text(r[5]), *r[6:]) for r in rows]
     connection.exec_driver_sql(sql, params)

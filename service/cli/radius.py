@@ -22,7 +22,9 @@ def radius_serve(
     auth_port: int = typer.Option(1812, "--auth-port", help="Access-Request port."),
     acct_port: int = typer.Option(1813, "--acct-port", help="Accounting-Request port."),
     workers: int = typer.Option(
-        1, "--workers", help="Worker processes sharing the ports (SO_REUSEPORT)."
+        1,
+        "--workers",
+        help="Worker processes sharing the ports (SO_REUSEPORT); one that dies is restarted.",
     ),
     coa: bool = typer.Option(
         True,

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from service.enums import LEVELS, Access, DeviceClass
 from service.errors import PolicyError
-from service.policy.model import LocationSpec, Rule, SitePolicy
+from service.policy.model import WHEN_STALE, LocationSpec, Rule, SitePolicy
 from service.text import find_control
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -41,6 +41,7 @@ TOP_KEYS = {
     "explanations",
     "locations",
     "rules",
+    "radius",
 }
 RULE_KEYS = {
     "name",
@@ -175,6 +176,7 @@ class _Validator:
                 staff, "staff.needs_byod_statement", default=True
             ),
             explanations={str(k): v for k, v in explanations.items()},
+            when_stale=self.when_stale(data),
         )
 
     # -- sections ---------------------------------------------------------------------------
@@ -415,3 +417,14 @@ class _Validator:
         if not isinstance(value, bool):
             raise self.fail(key, "must be true or false")
         return value
+
+    def when_stale(self, data: dict[str, Any]) -> str:
+        """`[radius] when_stale`: what RADIUS answers once its snapshot is older than
+        `radius_max_stale_seconds` (the database gone): "registration" (every device as an
+        unregistered one, no PAP) or "reject"."""
+        radius = self.table(data, "radius", {"when_stale"})
+        value = radius.get("when_stale", WHEN_STALE[0])
+        if value not in WHEN_STALE:
+            choices = " or ".join(f'"{choice}"' for choice in WHEN_STALE)
+            raise self.fail("radius.when_stale", f"{value!r}: use {choices}")
+        return str(value)

@@ -123,6 +123,9 @@ class Rule:
     ends: float | None = None
 
 
+WHEN_STALE = ("registration", "reject")  # the first is the default
+
+
 @dataclass(frozen=True)
 class SitePolicy:
     """A validated, compiled site policy (see DESIGN.md for the TOML it comes from)."""
@@ -141,6 +144,8 @@ class SitePolicy:
     staff_needs_approval: bool = True
     staff_needs_byod_statement: bool = True
     explanations: dict[str, str] = field(default_factory=dict)
+    # `[radius] when_stale`: RADIUS's answer once its snapshot is too old (WHEN_STALE).
+    when_stale: str = "registration"
     # Memo tables the engine fills as it goes (location by NAS identifiers, local clock by
     # minute, boundaries by day). They make repeated decisions cheap and do not change answers.
     _memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)

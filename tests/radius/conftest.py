@@ -80,16 +80,31 @@ def exchange(
             return None
 
 
-def start_server(db_url: str, tmp_path: Path, *extra: str, workers: int = 1) -> RadiusServer:
-    auth_port, acct_port = free_udp_port(), free_udp_port()
-    while acct_port == auth_port:
-        acct_port = free_udp_port()
+def start_server(
+    db_url: str,
+    tmp_path: Path,
+    *extra: str,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
+    ports: tuple[int, int] | None = None,
+) -> RadiusServer:
+    if ports is None:
+        auth_port, acct_port = free_udp_port(), free_udp_port()
+        while acct_port == auth_port:
+            acct_port = free_udp_port()
+    else:
+        auth_port, acct_port = ports
     log_path = tmp_path / f"radius-{auth_port}.log"
+    number = 1
+    while log_path.exists():  # a second server on the same ports
+        number += 1
+        log_path = tmp_path / f"radius-{auth_port}-{number}.log"
     env = {
         **os.environ,
         "SCHOOLGATE_DATABASE_URL": db_url,
         "SCHOOLGATE_RADIUS_SNAPSHOT_POLL_SECONDS": "0.2",
         "SCHOOLGATE_RADIUS_LOG_BATCH_SECONDS": "0.1",
+        **(env or {}),
     }
     with log_path.open("w") as log:
         process = subprocess.Popen(
