@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
@@ -318,6 +319,7 @@ class Dispatcher:
         last_check = self.clock()
         next_check = time.monotonic() + EXPIRY_CHECK_SECONDS
         tasks: dict[int, asyncio.Task[None]] = {}
+        database_down = False
         while not stop_event.is_set():
             try:
                 if time.monotonic() >= next_check:
@@ -328,8 +330,17 @@ class Dispatcher:
                 for row_id in self.due_ids():
                     if row_id not in tasks:
                         tasks[row_id] = asyncio.create_task(self.work(row_id))
+            except DBAPIError as exc:  # one line per outage, not a traceback per pass
+                if not database_down:
+                    reason = str(exc.orig or exc).strip().splitlines()[0]
+                    log.warning("CoA dispatcher: the database does not answer (%s)", reason)
+                database_down = True
             except Exception:
                 log.exception("CoA dispatcher pass failed")
+            else:
+                if database_down:
+                    log.warning("CoA dispatcher: the database answers again")
+                database_down = False
             for row_id, task in list(tasks.items()):
                 if task.done():
                     del tasks[row_id]

@@ -5,9 +5,11 @@ one state, at the moment the caller gives. No sockets: a scripted sender stands 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import enforcement
 from service.config import load_settings
-from service.db import transaction
+from service.db import make_engine, make_session_factory, transaction
 from service.enforcement import (
     Attempt,
     CoaAnswer,
@@ -356,3 +358,34 @@ def test_the_long_running_dispatcher_sends_then_stops_when_told(
     asyncio.run(serve())
     assert [kind for kind, _ in sender.sent] == [CoaKind.DISCONNECT]
     assert _row(session_factory, queued).state == "ack"
+
+
+def test_a_database_outage_is_one_log_line_not_a_traceback_per_pass(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The RADIUS server's dispatcher polls twice a second: with its database gone it says so
+    once, not with a traceback on every pass."""
+    gone = tmp_path / "removed" / "schoolgate.db"  # a directory that does not exist
+    factory = make_session_factory(make_engine(f"sqlite:///{gone}"))
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(
+            enforcement.run_dispatcher(
+                session_factory=factory,
+                settings=SETTINGS,
+                sender=ScriptedSender(),
+                stop_event=stop,
+            )
+        )
+        await asyncio.sleep(0.05 + 0.5 * 4)  # five passes
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    with caplog.at_level(logging.WARNING, logger="schoolgate.coa"):
+        asyncio.run(serve())
+    lines = [r for r in caplog.records if r.name == "schoolgate.coa"]
+    assert [r.getMessage().split(" (")[0] for r in lines] == [
+        "CoA dispatcher: the database does not answer"
+    ]
+    assert all(r.exc_info is None for r in lines)
