@@ -19,8 +19,13 @@ RUN apt-get update \
 COPY --from=build /install /usr/local
 COPY deploy /opt/schoolgate/deploy
 WORKDIR /var/lib/schoolgate
+# The state directory holds what must not live in the database: secret.key, audit.key and the
+# audit chain's anchor log (`schoolgate db upgrade` writes them, mode 600). Every container of a
+# deployment mounts the same volume here (SECURITY.md).
 ENV SCHOOLGATE_ENVIRONMENT=production \
+    SCHOOLGATE_STATE_DIR=/var/lib/schoolgate \
     PYTHONUNBUFFERED=1
+VOLUME ["/var/lib/schoolgate"]
 USER 10001
 EXPOSE 1812/udp 1813/udp 8080/tcp
 ENTRYPOINT ["/usr/bin/tini", "--", "schoolgate"]
