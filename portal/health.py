@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from portal.deps import PortalDep, get_portal
-from service.db import database_error_message
+from service.db import database_error_message, is_database_outage
 from service.health import database_problem
 
 log = logging.getLogger("schoolgate.portal")
@@ -120,7 +120,7 @@ async def database_guard(request: Request, call_next: Callable[[Request], Any]) 
     try:
         response: Response = await call_next(request)
     except Exception as exc:
-        reason = database_error_message(exc)
+        reason = database_error_message(exc) if is_database_outage(exc) else None
         if reason is None:
             raise
         watch_for(request).down(reason)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event, make_url, text
-from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import sqlite_path
@@ -85,6 +85,13 @@ def database_error_message(exc: BaseException) -> str | None:
     """`describe_database_error` for a SQLAlchemy error; None for any other exception (the
     CLI's last resort, which itself imports no SQLAlchemy)."""
     return describe_database_error(exc) if isinstance(exc, SQLAlchemyError) else None
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """Whether `exc` says the database cannot be reached or used (connection refused, gone,
+    missing file or table), as opposed to one statement it refused (a constraint, bad data):
+    only the first is an outage a health check should report."""
+    return isinstance(exc, (OperationalError, InterfaceError))
 
 
 def display_url(url: str) -> str:

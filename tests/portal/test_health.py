@@ -129,3 +129,31 @@ def test_a_database_that_answers_is_ready_on_any_host(sqlite_url: str) -> None:
         assert lb.get("/readyz").json() == {"status": "ready"}
         assert lb.get("/healthz").text == "ok"
         assert lb.get("/anything").status_code == 302  # the OS-probe redirect, as before
+
+
+def test_a_refused_statement_is_not_an_outage(tmp_path: Path) -> None:
+    """Only an unreachable database is reported as down; one statement the database refuses
+    (a constraint) is that request's error, not an outage of every page."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.db import is_database_outage, make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    errors: list[SQLAlchemyError] = []
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
+        conn.execute(text("INSERT INTO t VALUES (1)"))
+    for statement in ("INSERT INTO t VALUES (1)", "SELECT * FROM missing_table"):
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(statement))
+        except SQLAlchemyError as exc:
+            errors.append(exc)
+    refused, missing = errors
+    assert not is_database_outage(refused)
+    assert is_database_outage(missing)
+    gone = make_engine(f"sqlite:///{tmp_path / 'removed' / 'db.sqlite'}")
+    with pytest.raises(SQLAlchemyError) as unreachable:
+        gone.connect()
+    assert is_database_outage(unreachable.value)
