@@ -134,6 +134,18 @@ class Settings(BaseSettings):
     )
     # The API's interactive docs and openapi.json (/api/v1/docs): off unless set.
     api_docs: bool = False
+    # -- issue 12, visitor verification (p2) ------------------------------------------------
+    # Email to a visitor's sponsor (`[visitor] verify = "sponsor"`) goes through this SMTP
+    # server; unset, nothing is sent (the null notifier logs the message instead).
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_from: str = "schoolgate@localhost"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False  # STARTTLS before logging in (port 587 servers)
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0)
+    # How long a sponsor's approve link stays valid after the visitor asks.
+    sponsor_link_valid_minutes: int = Field(default=120, ge=1, le=7 * 24 * 60)
 
     @field_validator("admin_networks", mode="before")
     @classmethod

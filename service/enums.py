@@ -158,4 +158,14 @@ class AuditTag(StrEnum):
     INCIDENT_RECORD = "admin:incident:record"
     TOKEN_CREATE = "admin:token:create"
     TOKEN_REVOKE = "admin:token:revoke"
+    VISITOR_CODE_ISSUE = "admin:visitor-code:issue"
+    VISITOR_SPONSOR_APPROVE = "portal:visitor-sponsor:approve"
     RETENTION_PURGE = "system:retention:purge"
+
+
+class VisitorVerify(StrEnum):
+    """`[visitor] verify`: how a visitor shows they are one (seed 000: a slip at reception)."""
+
+    SELF = "self"  # they say so on the form
+    CODE = "code"  # they type a code reception issued (`schoolgate visitor code`)
+    SPONSOR = "sponsor"  # the member of staff they visit approves them from an email

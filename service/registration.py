@@ -15,11 +15,19 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service import enforcement
+from service import audit, enforcement, visitors
 from service.agreements import current_agreement, sign_agreement
 from service.devices import add_device, find_device
-from service.enums import AgreementKind, DeviceClass, DeviceStatus, SignatureSource
-from service.errors import Invalid
+from service.enums import (
+    AgreementKind,
+    AuditTag,
+    DeviceClass,
+    DeviceStatus,
+    SignatureSource,
+    VisitorVerify,
+)
+from service.errors import Invalid, PolicyError
+from service.facts import load_policy
 from service.models import Device, Person, Signature
 from service.signin import active_person
 from service.text import check_text, strip_controls
@@ -61,6 +69,8 @@ def _register(
     organisation: str | None = None,
     visiting: str | None = None,
     watch_device_ids: list[int] | None = None,
+    signed_at: datetime | None = None,
+    verify: Callable[[Signature], None] | None = None,
 ) -> Registration:
     """Add the device if it is new (else `may_sign_for` raises Invalid when it is someone
     else's), then sign: one CoA request for the session, decided at `now`."""
@@ -100,7 +110,7 @@ def _register(
             session,
             kind=kind,
             typed_name=typed_name,
-            signed_at=now,
+            signed_at=signed_at or now,
             source=SignatureSource.PORTAL,
             actor=actor,
             person=person,
@@ -112,6 +122,9 @@ def _register(
             visiting=visiting,
             now=now,
         )
+        if verify is not None:  # record how the visitor was verified, with the signature
+            verify(signature)
+            session.flush()
     return Registration(device=device, signature=signature, device_added=added)
 
 
@@ -129,11 +142,15 @@ def register_visitor(
     client_ip: str | None = None,
     user_agent: str | None = None,
     actor: str = "portal",
+    code: str | None = None,
 ) -> Registration:
     """A visitor signs the current AUA for their own device (added as visitor-owned).
 
     `agreement_version`: the version the visitor read; a newer one published meanwhile is
-    refused, so nobody signs a text they did not see.
+    refused, so nobody signs a text they did not see. `code`: the visitor code reception
+    issued, required (and spent, if per-visitor) when the policy says `[visitor] verify =
+    "code"`; a wrong one raises `visitors.BadCode`. With `verify = "sponsor"` a visitor
+    cannot sign here: `visitors.request_sponsorship`, then `approve_sponsored_visitor`.
     """
     check_text(name, field="your name")
     agreement = current_agreement(session, AgreementKind.VISITOR_AUA, site_code)
@@ -142,13 +159,20 @@ def register_visitor(
             "the agreement changed while you were reading it: please "
             "read the current version and sign again"
         )
+    verify_mode = load_policy(session, site_code).visitor_verify
+    if verify_mode is VisitorVerify.SPONSOR:
+        raise PolicyError(
+            "visitors here are approved by the member of staff they visit: "
+            "name them on the visitor page"
+        )
+    verify: Callable[[Signature], None] | None = None
+    if verify_mode is VisitorVerify.CODE:
+        visitor_code = visitors.redeem_code(
+            session=session, site_code=site_code, code=code or "", now=now
+        )
 
-    def visitors_only(device: Device) -> None:
-        if device.device_class is not DeviceClass.VISITOR_OWNED:
-            raise Invalid(
-                "this device is already registered to the school; "
-                "visitor access is for visitors' own devices"
-            )
+        def verify(signature: Signature) -> None:
+            signature.visitor_code_id = visitor_code.id
 
     return _register(
         session,
@@ -159,7 +183,7 @@ def register_visitor(
             DeviceClass.VISITOR_OWNED,
             f"{name} ({organisation})"[:MAX_NAME] if organisation else name,
         ),
-        may_sign_for=visitors_only,
+        may_sign_for=_visitors_only,
         typed_name=typed_name,
         actor=actor,
         now=now,
@@ -167,7 +191,66 @@ def register_visitor(
         user_agent=user_agent,
         organisation=organisation,
         visiting=visiting,
+        verify=verify,
     )
+
+
+def _visitors_only(device: Device) -> None:
+    if device.device_class is not DeviceClass.VISITOR_OWNED:
+        raise Invalid(
+            "this device is already registered to the school; "
+            "visitor access is for visitors' own devices"
+        )
+
+
+def approve_sponsored_visitor(*, session: Session, token: str, now: datetime) -> Registration:
+    """The sponsor followed their approve link: the visitor's signature is recorded as they
+    typed it (signed when they asked), with the sponsorship, and the CoA is queued like any
+    registration's. The link works once and until it expires."""
+    row = visitors.sponsorship_for_link(session=session, token=token, now=now)
+    site_code = row.site.code
+    agreement = current_agreement(session, AgreementKind.VISITOR_AUA, site_code)
+    if agreement.id != row.agreement_id:
+        raise Invalid(
+            f"The visitor agreement changed after {row.visitor_name} signed it: they need "
+            "to sign the new version from the visitor page."
+        )
+    row.approved_at = now
+
+    def verify(signature: Signature) -> None:
+        signature.sponsorship_id = row.id
+
+    registration = _register(
+        session,
+        kind=AgreementKind.VISITOR_AUA,
+        mac=row.device_mac,
+        site_code=site_code,
+        new_device=_NewDevice(
+            DeviceClass.VISITOR_OWNED,
+            f"{row.visitor_name} ({row.organisation})"[:MAX_NAME]
+            if row.organisation
+            else row.visitor_name,
+        ),
+        may_sign_for=_visitors_only,
+        typed_name=row.typed_name,
+        actor=f"sponsor:{row.sponsor_email}",
+        now=now,
+        signed_at=row.requested_at,
+        client_ip=row.client_ip,
+        user_agent=row.user_agent,
+        organisation=row.organisation,
+        visiting=row.sponsor_name,
+        verify=verify,
+    )
+    audit.record(
+        session,
+        actor=f"sponsor:{row.sponsor_email}",
+        tag=AuditTag.VISITOR_SPONSOR_APPROVE,
+        subject=f"sponsorship:{row.id}",
+        detail={"visitor": row.visitor_name, "mac": row.device_mac},
+        changes_decisions=False,
+    )
+    return registration
 
 
 def register_staff_device(

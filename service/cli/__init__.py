@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "token": ("service.cli.portal",),
     "monitor": ("service.cli.monitor",),
     "serve": ("service.cli.serve",),
+    "visitor": ("service.cli.visitor",),
 }
 
 

@@ -181,6 +181,14 @@ class Signature(Base):
     valid_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     source: Mapped[SignatureSource] = mapped_column(enum_column(SignatureSource))
     recorded_by: Mapped[str | None] = mapped_column(String(255))
+    # How the visitor was verified (`[visitor] verify`): the code they typed, or the
+    # sponsorship their member of staff approved (service/models/visitors.py).
+    visitor_code_id: Mapped[int | None] = mapped_column(
+        BigIntId, ForeignKey("visitor_codes.id", ondelete="SET NULL")
+    )
+    sponsorship_id: Mapped[int | None] = mapped_column(
+        BigIntId, ForeignKey("sponsorships.id", ondelete="SET NULL")
+    )
 
     agreement: Mapped[Agreement] = relationship()
     person: Mapped[Person | None] = relationship()

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from service.enums import LEVELS, Access, DeviceClass
+from service.enums import LEVELS, Access, DeviceClass, VisitorVerify
 from service.errors import PolicyError
 from service.policy.model import WHEN_STALE, LocationSpec, Rule, SitePolicy
 from service.text import find_control
@@ -122,7 +122,7 @@ class _Validator:
             raise self.fail("timezone", f"unknown time zone {timezone!r}") from exc
         vlans = self.vlans(data.get("vlans"))
         access = self.access(data.get("access"))
-        visitor = self.table(data, "visitor", {"aua_valid_until", "school_day_ends"})
+        visitor = self.table(data, "visitor", {"aua_valid_until", "school_day_ends", "verify"})
         aua_raw = visitor.get("aua_valid_until", "end_of_day")
         aua = aua_raw if isinstance(aua_raw, str) else ""
         if aua != "end_of_day":
@@ -177,6 +177,7 @@ class _Validator:
             ),
             explanations={str(k): v for k, v in explanations.items()},
             when_stale=self.when_stale(data),
+            visitor_verify=self.visitor_verify(visitor),
         )
 
     # -- sections ---------------------------------------------------------------------------
@@ -428,3 +429,13 @@ class _Validator:
             choices = " or ".join(f'"{choice}"' for choice in WHEN_STALE)
             raise self.fail("radius.when_stale", f"{value!r}: use {choices}")
         return str(value)
+
+    def visitor_verify(self, visitor: dict[str, Any]) -> VisitorVerify:
+        """`[visitor] verify`: "self" (the form alone, the default), "code" (a code reception
+        issued) or "sponsor" (the member of staff visited approves by email)."""
+        value = visitor.get("verify", VisitorVerify.SELF.value)
+        choices = [v.value for v in VisitorVerify]
+        if value not in choices:
+            listed = ", ".join(f'"{choice}"' for choice in choices)
+            raise self.fail("visitor.verify", f"{value!r}: use one of {listed}")
+        return VisitorVerify(value)

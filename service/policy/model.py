@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from service.enums import Access, DeviceClass, DeviceStatus, Role
+from service.enums import Access, DeviceClass, DeviceStatus, Role, VisitorVerify
 
 NO_EXPIRY = float("inf")
 
@@ -146,6 +146,8 @@ class SitePolicy:
     explanations: dict[str, str] = field(default_factory=dict)
     # `[radius] when_stale`: RADIUS's answer once its snapshot is too old (WHEN_STALE).
     when_stale: str = "registration"
+    # `[visitor] verify`: how a visitor proves they are one before the AUA gives internet.
+    visitor_verify: VisitorVerify = VisitorVerify.SELF
     # Memo tables the engine fills as it goes (location by NAS identifiers, local clock by
     # minute, boundaries by day). They make repeated decisions cheap and do not change answers.
     _memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
