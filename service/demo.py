@@ -7,13 +7,17 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from service import registry
+from service import registry, visitors
 from service.enums import AgreementKind, SignatureSource
 from service.errors import NotFound
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_PASSWORD = "demo-password"  # noqa: S105 - the demo's documented staff password
 DEMO_NAS_SECRET = "testing123"  # noqa: S105 - the demo NAS's documented shared secret
+# Westgate's policy has `[visitor] verify = "code"`: the demo issues the day's code, documented
+# (like the password) so anyone trying the demo can sign as a visitor. A real school's codes
+# come from `schoolgate visitor code`, at random.
+DEMO_VISITOR_CODE = "WESTG8"
 
 # (mac, class, owner username or None, label)
 DEMO_DEVICES = (
@@ -118,4 +122,12 @@ def seed_demo_school(session: Session, *, actor: str, nas_address: str = "127.0.
         actor=actor,
         organisation="Example Supplies",
         visiting="the school office",
+    )
+    visitors.issue_code(
+        session=session,
+        site_code="westgate",
+        actor=actor,
+        now=now,
+        daily=True,
+        code=DEMO_VISITOR_CODE,
     )

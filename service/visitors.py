@@ -97,10 +97,12 @@ def issue_code(
     visitor_name: str | None = None,
     valid_for_seconds: int | None = None,
     daily: bool = False,
+    code: str | None = None,
 ) -> tuple[VisitorCodeInfo, str]:
     """A new code and its text (returned once). A per-visitor code needs the visitor's name
     and lasts `valid_for_seconds` (8 hours by default); a daily code lasts until midnight at
-    the site unless `valid_for_seconds` says otherwise."""
+    the site unless `valid_for_seconds` says otherwise. `code`: the text to use instead of a
+    random one (only the demo school's documented code)."""
     site = get_site(session, site_code)
     if daily:
         name = visitor_name.strip() if visitor_name else DAILY_NAME
@@ -119,9 +121,13 @@ def issue_code(
         valid_until = _end_of_local_day(now, load_policy(session, site.code).timezone)
     else:
         valid_until = now + timedelta(seconds=DEFAULT_CODE_SECONDS)
+    if code is not None and (
+        len(code) != CODE_LENGTH or any(ch not in CODE_ALPHABET for ch in code)
+    ):
+        raise Invalid(f"a visitor code is {CODE_LENGTH} of {CODE_ALPHABET}")
     for _ in range(20):  # an open code with the same text would make both ambiguous
-        code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
-        digest = hash_code(site.code, code)
+        text = code or "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+        digest = hash_code(site.code, text)
         clash = session.scalar(
             select(func.count(VisitorCode.id)).where(
                 VisitorCode.site_id == site.id,
@@ -158,7 +164,7 @@ def issue_code(
         },
         changes_decisions=False,
     )
-    return _info(row), code
+    return _info(row), text
 
 
 def list_open_codes(

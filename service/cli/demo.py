@@ -12,7 +12,7 @@ from service import db as dbmod
 from service import sites
 from service.cli.admin import provision_keys
 from service.cli.common import console, get_state, print_rows
-from service.demo import DEMO_DEVICES, UNKNOWN_DEVICE, seed_demo_school
+from service.demo import DEMO_DEVICES, DEMO_VISITOR_CODE, UNKNOWN_DEVICE, seed_demo_school
 from service.facts import decide_for_mac
 
 if TYPE_CHECKING:
@@ -69,6 +69,11 @@ def demo(
     console.print(
         "Explain one: schoolgate policy explain 02:00:00:00:20:01 --json", highlight=False
     )
+    console.print(
+        f"Visitors type a code from reception: today's is {DEMO_VISITOR_CODE}"
+        " (more: schoolgate visitor code --name NAME)",
+        highlight=False,
+    )
     if serve:
         from service.cli.serve import ServeAddresses, serve_all
 
@@ -107,7 +112,8 @@ def start_demo_browser_session(where: ServeAddresses) -> None:
                 continue
             console.print(
                 f"demo: the browser on this machine is the unregistered device {UNKNOWN_DEVICE};"
-                f" open http://127.0.0.1:{where.portal_port}/ to sign the visitor AUA",
+                f" open http://127.0.0.1:{where.portal_port}/ to sign the visitor AUA"
+                f" with today's visitor code {DEMO_VISITOR_CODE}",
                 highlight=False,
             )
             return

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from service.db import make_engine, make_session_factory, transaction
+from service.demo import DEMO_VISITOR_CODE
 from service.mac import format_mac
 from service.models import NasClient
 from tests.conftest import SCHOOLGATE
@@ -198,6 +199,7 @@ def test_visitor_then_staff_in_a_phone_browser(
         page.get_by_label("Your name", exact=True).fill("Ada Lovelace")
         page.get_by_label("Organisation (optional)").fill("Analytical Engines Ltd")
         page.get_by_label("Whom you are visiting").fill("Mrs Patel")
+        page.get_by_label("Visitor code from reception").fill(DEMO_VISITOR_CODE)
         page.get_by_label("I have read and agree").check()
         page.get_by_label("Type your name to sign").fill("Ada Lovelace")
         page.get_by_role("button", name="Sign and connect").click()

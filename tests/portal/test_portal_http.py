@@ -15,6 +15,7 @@ from portal.app import create_app
 from portal.tokens import Signer
 from service.config import load_settings
 from service.db import transaction
+from service.demo import DEMO_VISITOR_CODE
 from service.enums import Access, DeviceStatus, SignatureSource
 from service.facts import decide_for_mac
 from service.models import Device, Person, Signature
@@ -42,6 +43,7 @@ def visitor_form(html: str, **over: str) -> dict[str, str]:
         "visiting": "Mrs Patel",
         "agree": "yes",
         "typed_name": "Ada Lovelace",
+        "code": DEMO_VISITOR_CODE,  # Westgate verifies visitors with a code (issue 12)
     }
     data.update(over)
     return {k: v for k, v in data.items() if v is not None}

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.demo import DEMO_VISITOR_CODE
 from tests.conftest import SCHOOLGATE
 from tests.helpers import free_tcp_port, free_udp_port, wait_for_tcp
 
@@ -113,6 +114,7 @@ def test_demo_serve_walks_a_visitor_from_walled_garden_to_internet(demo, tmp_pat
             "visiting": "the school office",
             "agree": "yes",
             "typed_name": "Alex Guest",
+            "code": DEMO_VISITOR_CODE,  # the demo's code for today (issue 12)
         }
         signed = http.post("/visitor", data=fields, follow_redirects=True)
         assert signed.status_code == 200, signed.text

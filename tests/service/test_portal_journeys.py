@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from service.clients import Mismatch, Unidentified, client_for_ip, list_sessions
 from service.db import transaction
+from service.demo import DEMO_VISITOR_CODE
 from service.enums import DeviceClass, DeviceStatus, SignatureSource
 from service.errors import Invalid
 from service.models import AccountingSession
@@ -73,6 +74,7 @@ def test_a_visitor_who_signs_gets_one_coa_decided_at_the_portals_clock(
             typed_name="Ada Lovelace",
             agreement_version="1",
             now=NOW,
+            code=DEMO_VISITOR_CODE,  # Westgate verifies visitors with a code (issue 12)
             organisation="Engines Ltd",
             visiting="Mrs Patel",
             client_ip="10.5.0.3",
@@ -104,6 +106,7 @@ def test_a_visitor_cannot_sign_for_a_school_device_or_an_old_agreement(
                 typed_name="A",
                 agreement_version="999",
                 now=NOW,
+                code=DEMO_VISITOR_CODE,
             )
         with pytest.raises(Invalid, match="already registered to the school"):
             register_visitor(
@@ -114,6 +117,7 @@ def test_a_visitor_cannot_sign_for_a_school_device_or_an_old_agreement(
                 typed_name="A",
                 agreement_version="1",
                 now=NOW,
+                code=DEMO_VISITOR_CODE,
             )
 
 
