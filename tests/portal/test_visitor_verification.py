@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from portal.app import create_app
 from service.config import load_settings
+from service.demo import DEMO_VISITOR_CODE
 from service.models import Signature
 from service.models.coa import CoaRequest
 from service.models.visitors import Sponsorship, VisitorCode
@@ -74,7 +75,7 @@ def test_a_visitor_with_reception_s_code_gets_internet_and_one_without_does_not(
     page = pupil.get("/visitor")
     assert 'name="code"' in page.text
     assert "Visitor code from reception" in page.text
-    r = pupil.post("/visitor", data=visitor_form(page.text))
+    r = pupil.post("/visitor", data=visitor_form(page.text, code=""))
     assert r.status_code == 400
     assert "The visitor code from reception is required." in r.text
     r = pupil.post("/visitor", data=visitor_form(page.text, code="ZZZZZZ"))
@@ -86,7 +87,8 @@ def test_a_visitor_with_reception_s_code_gets_internet_and_one_without_does_not(
     assert all(ch in "ABCDEFGHJKMNPQRSTUVWXYZ23456789" for ch in code)
     listed = json.loads(run_cli("visitor", "codes", "--json").stdout)
     assert [(c["visitor"], c["kind"], c["issued_by"]) for c in listed] == [
-        ("Ada Lovelace", "one use", "tester")
+        ("(daily code)", "daily", "test-fixture"),  # the demo school's code for today
+        ("Ada Lovelace", "one use", "tester"),
     ]
 
     connect(VISITOR, "10.99.7.2")
@@ -115,7 +117,7 @@ def test_a_visitor_with_reception_s_code_gets_internet_and_one_without_does_not(
     assert r.status_code == 400
     assert "already been used" in r.text
     assert explain(run_cli, SECOND_VISITOR)["access"] == "registration"
-    assert "no open visitor codes" in run_cli("visitor", "codes").stdout
+    assert "Ada Lovelace" not in run_cli("visitor", "codes").stdout
 
 
 def test_the_day_s_code_lets_every_visitor_in_until_it_expires(
@@ -173,7 +175,10 @@ def test_visitor_code_command_errors_are_one_line(
         assert message in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1
         assert "Traceback" not in result.stderr
-    assert "no open visitor codes" in run_cli("visitor", "codes").stdout
+    listing = run_cli("visitor", "codes").stdout
+    assert "Ada" not in listing
+    assert "(daily code)" in listing
+    assert DEMO_VISITOR_CODE not in listing  # codes are shown once, when issued
 
 
 # ---------------------------------------------------------------- verify = "sponsor"
