@@ -162,7 +162,7 @@ def _visitor_sign(portal: Portal, request: Request, form: dict[str, str]) -> Res
                     session=session, sponsorship_id=sponsor_request.sponsorship_id
                 )
             else:
-                _sign_with_code(portal, session, request, client, form, verify=verify, now=now)
+                _sign_visitor(portal, session, request, client, form, verify=verify, now=now)
     except (Unidentified, Mismatch):
         return portal.unseen(request)
     except Invalid as exc:
@@ -177,7 +177,7 @@ def _visitor_sign(portal: Portal, request: Request, form: dict[str, str]) -> Res
     return RedirectResponse(target, status_code=303, background=BackgroundTask(portal.send_coa))
 
 
-def _sign_with_code(
+def _sign_visitor(
     portal: Portal,
     session: Session,
     request: Request,
