@@ -175,10 +175,15 @@ def add_device(
 
 @router.post("/devices/{mac}/approve", response_model=DeviceOut)
 def approve(
-    mac: str, session: SessionDep, caller: ApiCaller = require("devices:write")
+    mac: str,
+    session: SessionDep,
+    caller: ApiCaller = require("devices:write"),
+    anyway: bool = False,
 ) -> DeviceOut:
+    """409 with the school's explanation when the policy gives the device's class no
+    network access, unless `?anyway=true`."""
     try:
-        device = registry.approve_device(session, mac=mac, actor=_actor(caller))
+        device = registry.approve_device(session, mac=mac, actor=_actor(caller), anyway=anyway)
         return _device_out(session, device.mac)
     except SchoolgateError as exc:
         raise _error(exc) from exc

@@ -33,6 +33,7 @@ from service.clients import Client, Mismatch, Unidentified, client_for_ip
 from service.config import Settings
 from service.db import Session, SessionFactory, transaction
 from service.enforcement import CoaSender
+from service.explain import PlainDecision, explain_for_mac
 from service.facts import decide_for_mac, load_policy
 from service.policy.model import Decision
 from service.throttle import Throttle
@@ -103,6 +104,18 @@ class Portal:
         return decide_for_mac(
             session,
             client.mac,
+            site_code=client.site_code,
+            nas_identifier=client.nas_identifier,
+            called_station_id=client.called_station_id,
+            nas_port_id=client.nas_port_id,
+            now=self.clock(),
+        )
+
+    def explain(self, session: Session, client: Client) -> PlainDecision:
+        """The decision for this device where the network saw it, in plain words."""
+        return explain_for_mac(
+            session=session,
+            mac=client.mac,
             site_code=client.site_code,
             nas_identifier=client.nas_identifier,
             called_station_id=client.called_station_id,
