@@ -112,37 +112,37 @@ def plain_decision(
     )
     when = None if changes_at is None else local_time_text(policy, changes_at, now)
     anywhere_now: Decision | None = None
-    later_here: Decision | None = None
-    later_anywhere: Decision | None = None
+    nowhere = None
     if request is not None:
         nowhere = AccessRequest(mac=request.mac, user_role=request.user_role)
         anywhere_now = decide(nowhere, facts, policy, now)
-        if changes_at is not None:
-            later_here = decide(request, facts, policy, changes_at)
-            later_anywhere = decide(nowhere, facts, policy, changes_at)
 
     only_here = (
         decision.location is not None
         and anywhere_now is not None
         and anywhere_now.access is not access
     )
-    first = f"{words} in {here} now" if only_here else f"{words} now"
-    second = ""
-    if when is not None and later_here is not None and later_anywhere is not None:
-        everywhere_later = later_here.access is later_anywhere.access
-        if later_here.access is access and only_here and everywhere_later:
-            second = f"; everywhere from {when}"
+    summary = f"{words} in {here} now" if only_here else f"{words} now"
+    if only_here and anywhere_now is not None and anywhere_now.valid_until is not None:
+        # Elsewhere the answer changes first (a rule this place is exempt from ends).
+        spreads_at = datetime.fromtimestamp(anywhere_now.valid_until, UTC)
+        if changes_at is None or spreads_at < changes_at:
+            later_anywhere = decide(nowhere, facts, policy, spreads_at)  # type: ignore[arg-type]
+            if later_anywhere.access is access:
+                summary += f"; everywhere from {local_time_text(policy, spreads_at, now)}"
+    if when is not None and changes_at is not None and request is not None:
+        later_here = decide(request, facts, policy, changes_at)
+        if later_here.access is Access.REGISTRATION and access is not Access.REGISTRATION:
+            summary += f" until {when}; then this device must sign in again"
         elif later_here.access is not access:
+            later_anywhere = decide(nowhere, facts, policy, changes_at)  # type: ignore[arg-type]
             then = ACCESS_WORDS[later_here.access]
             then = then[0].lower() + then[1:]
-            if later_here.access is Access.REGISTRATION:
-                second = f" until {when}; then this device must sign in again"
-            else:
-                where = "" if everywhere_later else f" in {here}"
-                second = f"; {then}{where} from {when}"
+            where = "" if later_anywhere.access is later_here.access else f" in {here}"
+            summary += f"; {then}{where} from {when}"
     elif when is not None and access not in (Access.NONE, Access.REGISTRATION):
-        second = f" until {when}"
-    summary = first + second + "."
+        summary += f" until {when}"
+    summary += "."
     return PlainDecision(
         access=access,
         summary=summary,
