@@ -283,13 +283,19 @@ def _change_status(
     return device
 
 
+class ApprovalChangesNothing(Conflict):
+    """The site's policy gives the device's class no network access: an approval would let
+    nothing on. Each adapter says how to approve it all the same (`--anyway`, `?anyway=true`)."""
+
+
 def approve_device(
     session: Session, *, mac: str, actor: str, note: str | None = None, anyway: bool = False
 ) -> Device:
     """Give permission (seed 001). Also reinstates a revoked or lost device that IT has checked.
 
     When the site's policy gives the device's class no network access, approving changes
-    nothing the device can reach: refused (Conflict, with the school's explanation) unless
+    nothing the device can reach: refused (`ApprovalChangesNothing`, with the school's
+    explanation) unless
     `anyway`, so nobody believes an approval let a device on.
     """
     if not anyway:
@@ -298,10 +304,10 @@ def approve_device(
             session=session, site_code=device.site.code, device_class=device.device_class
         )
         if refusal is not None:
-            raise Conflict(
+            raise ApprovalChangesNothing(
                 f"{device.mac} is {device.device_class.value} at {device.site.code}, where the "
                 f"policy gives that class no network access ({refusal.rstrip('.')}): "
-                "approving would change nothing; approve anyway to record it all the same"
+                "approving would change nothing"
             )
     device = _change_status(
         session,

@@ -212,6 +212,7 @@ def test_api_approve_answers_409_for_a_class_with_no_access_unless_anyway(
     assert refused.status_code == 409, refused.text
     assert "no network access" in refused.json()["detail"]
     assert "do not join the school network at Westgate" in refused.json()["detail"]
+    assert "?anyway=true" in refused.json()["detail"]
     with session_factory() as session:
         device = session.scalar(select(Device).where(Device.mac == STAFF_PHONE))
         assert device is not None
