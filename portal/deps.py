@@ -19,7 +19,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, cast
 from urllib.parse import urlparse
-from zoneinfo import ZoneInfo
 
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
@@ -34,7 +33,7 @@ from service.config import Settings
 from service.db import Session, SessionFactory, transaction
 from service.enforcement import CoaSender
 from service.explain import PlainDecision, explain_for_mac
-from service.facts import decide_for_mac, load_policy
+from service.facts import decide_for_mac
 from service.policy.model import Decision
 from service.throttle import Throttle
 
@@ -122,12 +121,6 @@ class Portal:
             nas_port_id=client.nas_port_id,
             now=self.clock(),
         )
-
-    def local_time(self, session: Session, site_code: str, moment: datetime | None) -> str | None:
-        if moment is None:
-            return None
-        tz = ZoneInfo(load_policy(session, site_code).timezone)
-        return moment.astimezone(tz).strftime("%H:%M on %A %d %B %Y")
 
     # ------------------------------------------------------------ pages
     def render(self, request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:

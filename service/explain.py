@@ -111,11 +111,12 @@ def plain_decision(
         None if decision.valid_until is None else datetime.fromtimestamp(decision.valid_until, UTC)
     )
     when = None if changes_at is None else local_time_text(policy, changes_at, now)
-    anywhere_now: Decision | None = None
-    nowhere = None
-    if request is not None:
-        nowhere = AccessRequest(mac=request.mac, user_role=request.user_role)
-        anywhere_now = decide(nowhere, facts, policy, now)
+    # The same device asked at no named place: where the answer holds beyond this one.
+    nowhere = AccessRequest(
+        mac=None if request is None else request.mac,
+        user_role=None if request is None else request.user_role,
+    )
+    anywhere_now = None if request is None else decide(nowhere, facts, policy, now)
 
     only_here = (
         decision.location is not None
@@ -127,7 +128,7 @@ def plain_decision(
         # Elsewhere the answer changes first (a rule this place is exempt from ends).
         spreads_at = datetime.fromtimestamp(anywhere_now.valid_until, UTC)
         if changes_at is None or spreads_at < changes_at:
-            later_anywhere = decide(nowhere, facts, policy, spreads_at)  # type: ignore[arg-type]
+            later_anywhere = decide(nowhere, facts, policy, spreads_at)
             if later_anywhere.access is access:
                 summary += f"; everywhere from {local_time_text(policy, spreads_at, now)}"
     if when is not None and changes_at is not None and request is not None:
@@ -135,7 +136,7 @@ def plain_decision(
         if later_here.access is Access.REGISTRATION and access is not Access.REGISTRATION:
             summary += f" until {when}; then this device must sign in again"
         elif later_here.access is not access:
-            later_anywhere = decide(nowhere, facts, policy, changes_at)  # type: ignore[arg-type]
+            later_anywhere = decide(nowhere, facts, policy, changes_at)
             then = ACCESS_WORDS[later_here.access]
             then = then[0].lower() + then[1:]
             where = "" if later_anywhere.access is later_here.access else f" in {here}"
