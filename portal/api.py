@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from portal.deps import SessionDep, client_ip, get_portal
 from service import agreements, clients, devices, registry
 from service.db import Session
-from service.devices import DeviceSummary
+from service.devices import ApprovalChangesNothing, DeviceSummary
 from service.enums import IncidentKind
 from service.errors import Conflict, Invalid, NotFound, SchoolgateError
 from service.facts import decide_for_mac
@@ -175,11 +175,18 @@ def add_device(
 
 @router.post("/devices/{mac}/approve", response_model=DeviceOut)
 def approve(
-    mac: str, session: SessionDep, caller: ApiCaller = require("devices:write")
+    mac: str,
+    session: SessionDep,
+    caller: ApiCaller = require("devices:write"),
+    anyway: bool = False,
 ) -> DeviceOut:
+    """409 with the school's explanation when the policy gives the device's class no
+    network access, unless `?anyway=true`."""
     try:
-        device = registry.approve_device(session, mac=mac, actor=_actor(caller))
+        device = registry.approve_device(session, mac=mac, actor=_actor(caller), anyway=anyway)
         return _device_out(session, device.mac)
+    except ApprovalChangesNothing as exc:
+        raise HTTPException(409, f"{exc}; ?anyway=true approves it all the same") from exc
     except SchoolgateError as exc:
         raise _error(exc) from exc
 

@@ -21,6 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from portal import api, health
+from portal.agreement_html import agreement_html, starts_with_heading
 from portal.deps import HERE, Portal
 from portal.oidc import OidcSignIn
 from portal.ratelimit import RateLimiter
@@ -46,6 +47,9 @@ def create_app(
     queued, right after its commit (the composition root picks it: `sender_for(settings)`);
     the null sender leaves the requests to the RADIUS server's dispatcher."""
     signer = Signer(_signing_key(settings))
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.filters["agreement_html"] = agreement_html
+    templates.env.filters["starts_with_heading"] = starts_with_heading
     portal_url = (
         settings.portal_url if settings.portal_url.endswith("/") else settings.portal_url + "/"
     )
@@ -66,7 +70,7 @@ def create_app(
         # Staff may also sign in with the school's OIDC provider when one is configured.
         oidc=oidc or OidcSignIn.from_settings(settings, signer, portal_url + "staff/oidc/callback"),
         coa_sender=coa_sender or NullCoaSender(),
-        templates=Jinja2Templates(directory=str(HERE / "templates")),
+        templates=templates,
         portal_url=portal_url,
         admin_networks=tuple(
             ipaddress.ip_network(n, strict=False) for n in settings.admin_networks

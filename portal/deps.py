@@ -19,7 +19,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, cast
 from urllib.parse import urlparse
-from zoneinfo import ZoneInfo
 
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
@@ -33,6 +32,7 @@ from service.clients import Client, Mismatch, Unidentified, client_for_ip
 from service.config import Settings
 from service.db import Session, SessionFactory, transaction
 from service.enforcement import CoaSender
+from service.explain import PlainDecision, explain_for_mac, local_time_text
 from service.facts import decide_for_mac, load_policy
 from service.policy.model import Decision
 from service.throttle import Throttle
@@ -110,11 +110,23 @@ class Portal:
             now=self.clock(),
         )
 
+    def explain(self, session: Session, client: Client) -> PlainDecision:
+        """The decision for this device where the network saw it, in plain words."""
+        return explain_for_mac(
+            session=session,
+            mac=client.mac,
+            site_code=client.site_code,
+            nas_identifier=client.nas_identifier,
+            called_station_id=client.called_station_id,
+            nas_port_id=client.nas_port_id,
+            now=self.clock(),
+        )
+
     def local_time(self, session: Session, site_code: str, moment: datetime | None) -> str | None:
+        """`moment` as the site's people read it ("18:00", "08:50 tomorrow"), or None."""
         if moment is None:
             return None
-        tz = ZoneInfo(load_policy(session, site_code).timezone)
-        return moment.astimezone(tz).strftime("%H:%M on %A %d %B %Y")
+        return local_time_text(load_policy(session, site_code), moment, self.clock())
 
     # ------------------------------------------------------------ pages
     def render(self, request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:

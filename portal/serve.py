@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+
 from portal.app import create_app
 from service.config import Settings
 from service.db import SessionFactory
@@ -30,3 +33,48 @@ def run_portal(
         proxy_headers=trusted_proxy is not None,
         forwarded_allow_ips=trusted_proxy,
     )
+
+
+def _primary_address(family: socket.AddressFamily) -> str | None:
+    """The address this machine would send from to reach the outside (no packet is sent:
+    a UDP socket only picks its route on connect)."""
+    target = "2001:db8::1" if family == socket.AF_INET6 else "192.0.2.1"
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((target, 9))
+            address = str(sock.getsockname()[0])
+    except OSError:
+        return None
+    return None if ipaddress.ip_address(address).is_unspecified else address
+
+
+def portal_url_for(settings: Settings, *, host: str, port: int) -> str:
+    """The URL the portal redirects to and the controller must send captive clients to:
+    `SCHOOLGATE_PORTAL_URL` when set, else how this server was started (the address it
+    binds; for a wildcard, the machine's primary address, else its hostname)."""
+    if "portal_url" in settings.model_fields_set:
+        url = settings.portal_url
+        return url if url.endswith("/") else url + "/"
+    name = host
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None and address.is_unspecified:
+        family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+        name = _primary_address(family) or socket.gethostname() or "127.0.0.1"
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            address = None
+    if address is not None and address.version == 6:
+        name = f"[{name}]"
+    return f"http://{name}/" if port == 80 else f"http://{name}:{port}/"
+
+
+def with_portal_url(settings: Settings, *, host: str, port: int) -> Settings:
+    """`settings` with the portal URL `portal_url_for` gives (unchanged when it was set)."""
+    url = portal_url_for(settings, host=host, port=port)
+    if "portal_url" in settings.model_fields_set:
+        return settings
+    return settings.model_copy(update={"portal_url": url})

@@ -101,7 +101,8 @@ def seed_demo_school(session: Session, *, actor: str, nas_address: str = "127.0.
             actor=actor,
         )
     now = datetime.now(UTC)
-    registry.approve_device(session, mac="02:00:00:00:20:01", actor=actor)
+    # Westgate gives staff devices no network: approved all the same, to show the reject.
+    registry.approve_device(session, mac="02:00:00:00:20:01", actor=actor, anyway=True)
     registry.sign_agreement(
         session,
         kind=AgreementKind.STAFF_BYOD,

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, joinedload
 from service import audit, enforcement
 from service.enums import AuditTag, DeviceClass, DeviceStatus, IncidentKind
 from service.errors import Conflict, Invalid, NotFound
+from service.explain import class_refusal
 from service.export_types import iso
 from service.mac import normalize_mac, registrable_mac
 from service.models import (
@@ -282,8 +283,32 @@ def _change_status(
     return device
 
 
-def approve_device(session: Session, *, mac: str, actor: str, note: str | None = None) -> Device:
-    """Give permission (seed 001). Also reinstates a revoked or lost device that IT has checked."""
+class ApprovalChangesNothing(Conflict):
+    """The site's policy gives the device's class no network access: an approval would let
+    nothing on. Each adapter says how to approve it all the same (`--anyway`, `?anyway=true`)."""
+
+
+def approve_device(
+    session: Session, *, mac: str, actor: str, note: str | None = None, anyway: bool = False
+) -> Device:
+    """Give permission (seed 001). Also reinstates a revoked or lost device that IT has checked.
+
+    When the site's policy gives the device's class no network access, approving changes
+    nothing the device can reach: refused (`ApprovalChangesNothing`, with the school's
+    explanation) unless
+    `anyway`, so nobody believes an approval let a device on.
+    """
+    if not anyway:
+        device = get_device(session, mac)
+        refusal = class_refusal(
+            session=session, site_code=device.site.code, device_class=device.device_class
+        )
+        if refusal is not None:
+            raise ApprovalChangesNothing(
+                f"{device.mac} is {device.device_class.value} at {device.site.code}, where the "
+                f"policy gives that class no network access ({refusal.rstrip('.')}): "
+                "approving would change nothing"
+            )
     device = _change_status(
         session,
         mac=mac,

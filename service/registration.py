@@ -27,12 +27,27 @@ from service.enums import (
     VisitorVerify,
 )
 from service.errors import Invalid, PolicyError
+from service.explain import class_refusal
 from service.facts import load_policy
 from service.models import Device, Person, Signature
 from service.signin import active_person
 from service.text import check_text, strip_controls
 
 MAX_NAME = 200  # the longest device name a visitor's own name and organisation make
+
+
+class Refused(Invalid):
+    """The school's policy gives every device of this class no network access: registering
+    one could never let it on. The message is the school's own explanation."""
+
+
+def refuse_if_never_allowed(*, session: Session, site_code: str, device_class: DeviceClass) -> None:
+    """Raise `Refused` (with the school's explanation) when the policy at `site_code` gives
+    `device_class` no network access; the portal asks before showing a form, and the
+    registrations ask again before storing anything."""
+    refusal = class_refusal(session=session, site_code=site_code, device_class=device_class)
+    if refusal is not None:
+        raise Refused(refusal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +168,9 @@ def register_visitor(
     cannot sign here: `visitors.request_sponsorship`, then `approve_sponsored_visitor`.
     """
     check_text(name, field="your name")
+    refuse_if_never_allowed(
+        session=session, site_code=site_code, device_class=DeviceClass.VISITOR_OWNED
+    )
     agreement = current_agreement(session, AgreementKind.VISITOR_AUA, site_code)
     if str(agreement.version) != agreement_version:
         raise Invalid(
@@ -268,6 +286,9 @@ def register_staff_device(
     """Active staff register their own device (pending the IT office's approval) and sign
     the BYOD statement; a device already theirs is signed for again."""
     person = active_person(session=session, person_id=person_id)
+    refuse_if_never_allowed(
+        session=session, site_code=site_code, device_class=DeviceClass.STAFF_OWNED
+    )
     check_text(device_name, field="the device name")
 
     def owners_only(device: Device) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -146,6 +145,7 @@ def landing(request: Request, portal: PortalDep) -> Response:
                 "mac": client.mac,
                 "school": policy.school_name or client.site_code,
                 "decision": decision,
+                "plain": portal.explain(session, client),
                 "device": device,
                 "private_mac": is_locally_administered(client.mac),
                 # The continue URL travels in a hidden field (validated again on the way back).
@@ -183,35 +183,31 @@ def refused(request: Request, portal: PortalDep) -> HTMLResponse:
             text = policy.explanations.get(cls.value) or (
                 "This device is not allowed on the school network by the school's policy."
             )
-            return portal.render(request, "refused.html", school=policy.school_name, text=text)
+            return portal.render(
+                request,
+                "refused.html",
+                school=policy.school_name,
+                text=text,
+                audience="staff" if cls is DeviceClass.STAFF_OWNED else "pupil",
+            )
     except (Unidentified, Mismatch):
         return portal.unseen(request)
 
 
 @router.get("/done", response_class=HTMLResponse)
 def done(request: Request, portal: PortalDep) -> HTMLResponse:
-    """Where both registrations end: what access the device has now, and until when."""
+    """Where both registrations end: what the device can use now, where, and when that
+    changes, with the policy's reason (`service.explain`); never a success for no access."""
     try:
         with portal.db() as session:
             client = portal.who(session, request)
-            decision = portal.decision_for(session, client)
+            plain = portal.explain(session, client)
             device = find_device(session=session, mac=client.mac)
-            until = None
-            if decision.session_timeout and decision.access not in (
-                Access.NONE,
-                Access.REGISTRATION,
-            ):
-                until = portal.local_time(
-                    session,
-                    client.site_code,
-                    portal.clock() + timedelta(seconds=decision.session_timeout),
-                )
             next_url = safe_url(request.query_params.get("continue_url"))
             return portal.render(
                 request,
                 "done.html",
-                decision=decision,
-                until=until,
+                plain=plain,
                 device=device,
                 pending=device is not None and device.status is DeviceStatus.PENDING,
                 continue_url=next_url or "",

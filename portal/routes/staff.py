@@ -14,10 +14,11 @@ from portal.deps import MAX_FIELD, Portal, PortalDep, SeenClientDep, client_ip
 from portal.oidc import ProviderUnavailable, SignInRefused
 from service.agreements import current_agreement
 from service.clients import Client, Mismatch, Unidentified
-from service.enums import AgreementKind
+from service.enums import AgreementKind, DeviceClass
 from service.errors import Invalid
+from service.facts import load_policy
 from service.mac import is_locally_administered
-from service.registration import register_staff_device
+from service.registration import Refused, refuse_if_never_allowed, register_staff_device
 from service.signin import Throttled, active_person, sign_in_with_password, ticket_holder
 from service.text import check_text, find_control
 
@@ -182,6 +183,20 @@ def _byod_page(
         client = portal.who(session, request)
         person_id = portal.signer.check_ticket(ticket, client.mac)
         person = ticket_holder(session=session, person_id=person_id)
+        try:
+            # Up front: a school whose policy never lets staff devices on gets no form.
+            refuse_if_never_allowed(
+                session=session, site_code=client.site_code, device_class=DeviceClass.STAFF_OWNED
+            )
+        except Refused as exc:
+            return portal.render(
+                request,
+                "refused.html",
+                403,
+                school=load_policy(session, client.site_code).school_name,
+                text=str(exc),
+                audience="staff",
+            )
         agreement = current_agreement(session, AgreementKind.STAFF_BYOD, client.site_code)
         return portal.render(
             request,

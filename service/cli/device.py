@@ -265,12 +265,22 @@ def device_approve(
     ctx: typer.Context,
     mac: str = typer.Argument(...),
     note: str | None = typer.Option(None, "--note"),
+    anyway: bool = typer.Option(
+        False,
+        "--anyway",
+        help="Approve even when the site's policy gives the device's class no network access.",
+    ),
 ) -> None:
     """Give permission for a pending device (or reinstate a revoked/lost one)."""
     state = get_state(ctx)
-    with state.transaction() as session:
-        device = registry.approve_device(session, mac=mac, actor=state.actor, note=note)
-        console.print(f"approved {device.mac}", highlight=False)
+    try:
+        with state.transaction() as session:
+            device = registry.approve_device(
+                session, mac=mac, actor=state.actor, note=note, anyway=anyway
+            )
+            console.print(f"approved {device.mac}", highlight=False)
+    except devices.ApprovalChangesNothing as exc:
+        fail(f"{exc}; --anyway approves it all the same")
 
 
 @device_app.command("revoke")

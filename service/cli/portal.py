@@ -23,19 +23,24 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Serve the captive portal and /api/v1 with uvicorn."""
-        from portal.serve import run_portal
+        from portal.serve import run_portal, with_portal_url
         from radius.coa.sender import sender_for
         from service.cli.serve import refuse_weak_keys
 
         state = get_state(ctx)
         refuse_weak_keys(state.settings, host)
+        settings = with_portal_url(state.settings, host=host, port=port)
+        typer.echo(
+            f"portal listening on {host}:{port}; the controller must redirect captive clients "
+            f"to {settings.portal_url} (set SCHOOLGATE_PORTAL_URL to change it)"
+        )
         run_portal(
-            state.settings,
+            settings,
             host=host,
             port=port,
             trusted_proxy=trusted_proxy,
             session_factory=state.session_factory(),
-            coa_sender=sender_for(state.settings),
+            coa_sender=sender_for(settings),
         )
 
     @token_app.command("create")

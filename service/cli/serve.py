@@ -153,7 +153,7 @@ def serve_all(
     on_ready: Callable[[], None] | None = None,
 ) -> None:
     """Start RADIUS, call `on_ready`, then serve the portal in the foreground until Ctrl-C."""
-    from portal.serve import run_portal
+    from portal.serve import run_portal, with_portal_url
     from radius.coa.sender import sender_for
     from service.audit import chain_for
     from service.db import make_engine, make_session_factory
@@ -163,6 +163,7 @@ def serve_all(
     refuse_weak_keys(settings, where.host)
     if port_in_use(where.host, where.portal_port, socket.SOCK_STREAM):
         fail(f"TCP port {where.portal_port} on {where.host} is in use (is a portal running?)")
+    settings = with_portal_url(settings, host=where.host, port=where.portal_port)
     radius = start_radius(settings, where)
     engine = make_engine(settings.database_url)
     try:
@@ -170,7 +171,8 @@ def serve_all(
             on_ready()
         console.print(
             f"RADIUS on {where.host}:{where.auth_port}/{where.acct_port}, CoA dispatcher on, "
-            f"portal on http://{where.host}:{where.portal_port}/ (Ctrl-C stops all)",
+            f"portal on {where.host}:{where.portal_port}; the controller must redirect captive "
+            f"clients to {settings.portal_url} (Ctrl-C stops all)",
             highlight=False,
         )
         run_portal(

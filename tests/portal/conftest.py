@@ -74,3 +74,20 @@ def client_at(portal_app: FastAPI) -> Iterator[Callable[[str], TestClient]]:
     yield make
     for c in clients:
         c.close()
+
+
+@pytest.fixture
+def st_andrews(westgate: SimpleNamespace, session_factory: sessionmaker[Session]) -> str:
+    """St Andrew's policy loaded beside Westgate's (seed 000: approved staff devices get the
+    internet; Westgate gives them no network, so staff registration there is refused)."""
+    from pathlib import Path
+
+    from service import registry
+
+    with transaction(session_factory) as session:
+        registry.load_policy_file(
+            session,
+            path=Path(__file__).parents[2] / "deploy/policies/st-andrews.toml",
+            actor="test",
+        )
+    return "st-andrews"

@@ -110,8 +110,12 @@ def servers(
     # Westgate's policy without its working-day rule and with a fixed 8-hour AUA, so the
     # answer does not depend on the hour the test runs.
     text = (ROOT / "deploy/policies/westgate.toml").read_text()
-    text = text.split("[[rules]]")[0].replace(
-        'aua_valid_until = "end_of_day"', 'aua_valid_until = "8h"'
+    # Staff devices get the internet here (Westgate's own "none" refuses their registration
+    # up front, issue 12), so the staff journey below can register one.
+    text = (
+        text.split("[[rules]]")[0]
+        .replace('aua_valid_until = "end_of_day"', 'aua_valid_until = "8h"')
+        .replace('staff_owned = "none"', 'staff_owned = "internet"')
     )
     policy = tmp_path / "westgate-anytime.toml"
     policy.write_text(text)

@@ -125,10 +125,11 @@ def test_visitor_form_with_control_characters_is_refused(
 
 
 def test_staff_device_name_with_control_characters_is_refused(
-    client_at: Clients, connect: Connect, session_factory: sessionmaker[Session]
+    client_at: Clients, connect: Connect, session_factory: sessionmaker[Session], st_andrews: str
 ) -> None:
+    # At St Andrew's: Westgate refuses staff registration before any form (issue 12).
     mac = "1a:2b:3c:4d:5e:44"
-    connect(mac, "10.99.1.4")
+    connect(mac, "10.99.1.4", site=st_andrews)
     client = client_at("10.99.1.4")
     byod = staff_sign_in(client)
     assert byod.status_code == 200
@@ -148,10 +149,11 @@ def test_staff_device_name_with_control_characters_is_refused(
 
 
 def test_staff_sign_in_with_nul_in_the_username_is_refused_not_a_500(
-    client_at: Clients, connect: Connect
+    client_at: Clients, connect: Connect, st_andrews: str
 ) -> None:
+    # At St Andrew's: Westgate refuses staff registration before any form (issue 12).
     """PostgreSQL cannot compare text holding NUL: the query once failed with a 500."""
-    connect("1a:2b:3c:4d:5e:47", "10.99.1.9")
+    connect("1a:2b:3c:4d:5e:47", "10.99.1.9", site=st_andrews)
     client = client_at("10.99.1.9")
     page = client.get("/staff")
     r = client.post(
@@ -187,10 +189,11 @@ def test_user_agent_controls_are_not_stored(
 
 # ---------------------------------------------------------------- item 12: non-ASCII tokens
 def test_non_ascii_csrf_and_ticket_are_refused_not_a_500(
-    client_at: Clients, connect: Connect, session_factory: sessionmaker[Session]
+    client_at: Clients, connect: Connect, session_factory: sessionmaker[Session], st_andrews: str
 ) -> None:
+    # At St Andrew's: Westgate refuses staff registration before any form (issue 12).
     mac = "3c:22:fb:00:00:46"
-    connect(mac, "10.99.1.6")
+    connect(mac, "10.99.1.6", site=st_andrews)
     client = client_at("10.99.1.6")
     form = client.get("/visitor").text
     good = csrf_of(form)
@@ -203,7 +206,7 @@ def test_non_ascii_csrf_and_ticket_are_refused_not_a_500(
     assert stored_devices(session_factory, mac) == []
     # The staff sign-in ticket, and the CSRF token of the BYOD form beside a good ticket.
     staff = "1a:2b:3c:4d:5e:46"
-    connect(staff, "10.99.1.7")
+    connect(staff, "10.99.1.7", site=st_andrews)
     client = client_at("10.99.1.7")
     byod = staff_sign_in(client)
     ticket = csrf_of(byod.text, "ticket")

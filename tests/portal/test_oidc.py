@@ -271,9 +271,11 @@ def test_staff_signs_in_with_oidc_and_registers_the_device_pending(
     session_factory: sessionmaker[Session],
     idp: Idp,
     caplog: pytest.LogCaptureFixture,
+    st_andrews: str,
 ) -> None:
+    # At St Andrew's: Westgate refuses staff registration before any form (issue 12).
     caplog.set_level(logging.INFO, logger="schoolgate.portal")
-    connect(PHONE, "10.99.0.40")
+    connect(PHONE, "10.99.0.40", site=st_andrews)
     client = client_at("10.99.0.40")
     page = client.get("/staff")
     assert page.status_code == 200
@@ -374,10 +376,11 @@ def test_cancelling_at_the_provider_is_a_clear_page(
 
 # ---------------------------------------------------------------- state
 def test_tampered_or_foreign_state_is_refused(
-    client_at: Clients, connect: Connect, refusals: Callable[[], list[str]]
+    client_at: Clients, connect: Connect, refusals: Callable[[], list[str]], st_andrews: str
 ) -> None:
-    connect(PHONE, "10.99.0.43")
-    connect(OTHER_PHONE, "10.99.0.44")
+    # At St Andrew's: Westgate refuses staff registration before any form (issue 12).
+    connect(PHONE, "10.99.0.43", site=st_andrews)
+    connect(OTHER_PHONE, "10.99.0.44", site=st_andrews)
     client = client_at("10.99.0.43")
     callback = at_provider(start(client), STAFF_EMAIL)
     base, query = callback.split("?", 1)

@@ -102,7 +102,9 @@ def test_new_user_walkthrough_gives_each_device_what_the_seed_says(run_cli) -> N
         json.loads(run_cli("device", "show", "aa:bb:cc:00:00:02", "--json").stdout)["status"]
         == "pending"
     )
-    run_cli("device", "approve", "aa:bb:cc:00:00:02")
+    # Westgate gives staff devices no network: approving needs --anyway (issue 12).
+    assert "--anyway" in run_cli("device", "approve", "aa:bb:cc:00:00:02", check=False).stderr
+    run_cli("device", "approve", "aa:bb:cc:00:00:02", "--anyway")
     run_cli(
         "agreement",
         "sign",

@@ -122,7 +122,37 @@ def test_a_visitor_cannot_sign_for_a_school_device_or_an_old_agreement(
 
 
 def test_staff_register_their_own_device_pending_approval(westgate, session_factory) -> None:
+    # At St Andrew's (approved staff devices get the internet); Westgate refuses (issue 12).
+    from pathlib import Path
+
+    from service import registry
+    from service.registration import Refused
+
     phone = "3c:22:fb:00:00:02"
+    with transaction(session_factory) as session:
+        registry.load_policy_file(
+            session,
+            path=Path(__file__).parents[2] / "deploy/policies/st-andrews.toml",
+            actor="test",
+        )
+    with transaction(session_factory) as session:
+        jo = sign_in_with_password(
+            session=session,
+            username="jsmith",
+            password=westgate.staff_password,
+            now=NOW,
+            throttle=Throttle(),
+        )
+        with pytest.raises(Refused, match="do not join the school network at Westgate"):
+            register_staff_device(
+                session=session,
+                person_id=jo.id,
+                mac=phone,
+                site_code="westgate",
+                device_name="Jo's tablet",
+                typed_name="Jo Smith",
+                now=NOW,
+            )
     with transaction(session_factory) as session:
         jo = sign_in_with_password(
             session=session,
@@ -135,7 +165,7 @@ def test_staff_register_their_own_device_pending_approval(westgate, session_fact
             session=session,
             person_id=jo.id,
             mac=phone,
-            site_code="westgate",
+            site_code="st-andrews",
             device_name="Jo's tablet",
             typed_name="Jo Smith",
             now=NOW,
@@ -148,7 +178,7 @@ def test_staff_register_their_own_device_pending_approval(westgate, session_fact
                 session=session,
                 person_id=jo.id,
                 mac=westgate.visitor_phone,
-                site_code="westgate",
+                site_code="st-andrews",
                 device_name="not mine",
                 typed_name="Jo Smith",
                 now=NOW,
