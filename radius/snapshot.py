@@ -272,9 +272,12 @@ class SnapshotKeeper:
         if not self._report:
             return
         started = time.monotonic()
-        if not force and self._reported_at is not None:
-            if started - self._reported_at < self._heartbeat:
-                return
+        if (
+            not force
+            and self._reported_at is not None
+            and started - self._reported_at < self._heartbeat
+        ):
+            return
         try:
             with self._factory() as session, session.begin():
                 report_worker(

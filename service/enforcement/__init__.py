@@ -45,19 +45,19 @@ from service.enforcement.sending import (
     CoaTarget,
     NullCoaSender,
 )
-from service.enforcement.workers import (
-    WorkerReport,
-    forget_worker,
-    lagging_workers,
-    list_workers,
-    report_worker,
-)
 from service.enforcement.triggers import (
     PENDING_KEY,
     QUEUED_FLAG,
     disconnect_device,
     queue_expired_grants,
     watch,
+)
+from service.enforcement.workers import (
+    WorkerReport,
+    forget_worker,
+    lagging_workers,
+    list_workers,
+    report_worker,
 )
 
 __all__ = [
@@ -81,8 +81,8 @@ __all__ = [
     "export_coa",
     "forget_worker",
     "lagging_workers",
-    "list_workers",
     "list_requests",
+    "list_workers",
     "purge",
     "queue_expired_grants",
     "record",
