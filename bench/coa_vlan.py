@@ -359,7 +359,8 @@ def main() -> None:
     latencies.sort()
     p50 = statistics.median(latencies)
     p99 = latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))]
-    verdict = "met" if p99 < TARGET_SECONDS else "MISSED"
+    # An old answer is the race this guards against: the target is missed whatever the time.
+    verdict = "met" if p99 < TARGET_SECONDS and old_answers == 0 else "MISSED"
     print(
         f"{count} changes (revoke/approve) -> hostapd dropped the station and RADIUS gave the "
         f"new answer: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max "
