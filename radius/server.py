@@ -271,6 +271,9 @@ class Worker:
                 poll_seconds=settings.radius_snapshot_poll_seconds,
                 on_swap=self._swap,
                 current_version=state.version,
+                # The CoA dispatcher waits for every worker's report of a change.
+                report_as_worker=True,
+                heartbeat_seconds=settings.radius_worker_heartbeat_seconds,
             )
             # The last state loaded from the database, and whether the authorizer answers
             # from `stale_state(fresh)` instead (`_watch_database`).

@@ -7,6 +7,11 @@ policy. `SnapshotKeeper` polls the change counter every `radius_snapshot_poll_se
 on PostgreSQL, wakes on `LISTEN schoolgate_changes`), rebuilds the state off the event loop
 and swaps it in with one attribute assignment.
 
+A keeper that reports for a RADIUS worker (`report_as_worker`) writes the change counter it
+has loaded to `radius_workers` after each swap and on a heartbeat, from its own thread: the
+CoA dispatcher waits for every live worker to have a change before it tells the NAS to ask
+again (`service.enforcement.workers`).
+
 Each successful poll proves the database reachable (`last_ok`); the server compares its age
 with `radius_max_stale_seconds` and, past it, answers from `stale_state` instead: every device
 as an unregistered one, or a refusal, as the site's `[radius] when_stale` says.
@@ -17,17 +22,21 @@ from __future__ import annotations
 import gc
 import ipaddress
 import logging
+import os
+import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from radius.codec import HmacKey, hmac_md5_key
 from radius.vendors import VendorProfile, profile_for
 from service.audit import NOTIFY_CHANNEL
 from service.db import Engine, SessionFactory, database_error_message
+from service.enforcement.workers import forget_worker, report_worker
 from service.facts import NasInfo, Snapshot, change_version, load_snapshot
 from service.policy import SitePolicy, device_key
 
@@ -177,6 +186,8 @@ class SnapshotKeeper:
         poll_seconds: float,
         on_swap: Callable[[HotState], None],
         current_version: int,
+        report_as_worker: bool = False,
+        heartbeat_seconds: float = 5.0,
     ) -> None:
         self._engine = engine
         self._factory = factory
@@ -190,13 +201,25 @@ class SnapshotKeeper:
         # reachable then, and the state current. Read by the server's loop.
         self.last_ok = time.monotonic()
         self.failing_since: float | None = None  # monotonic time of the first failed poll
+        self._report = report_as_worker
+        self._heartbeat = heartbeat_seconds
+        self._node = socket.gethostname()
+        self._reported_at: float | None = None  # monotonic time of the last report written
+        self._report_failing = False
 
     def start(self) -> None:
+        self.report(force=True)  # before the first packet: the dispatcher knows this worker
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        if self._report and self._reported_at is not None:
+            try:
+                with self._factory() as session, session.begin():
+                    forget_worker(session=session, node=self._node, pid=os.getpid())
+            except Exception as exc:  # noqa: BLE001 - stopping: its heartbeat ages out anyway
+                log.warning("could not remove this worker's report (%s)", _first_line(exc))
 
     def check_now(self) -> bool:
         """Reload if the counter moved; True when a new state was swapped in."""
@@ -204,6 +227,7 @@ class SnapshotKeeper:
             version = change_version(session)
         if version == self._version:
             self._reached()
+            self.report(force=False)
             return False
         started = time.perf_counter()
         # Building the state is a few hundred milliseconds of Python (30,000 devices) and the
@@ -229,6 +253,7 @@ class SnapshotKeeper:
         self._version = state.version
         self._on_swap(state)
         self._reached()
+        self.report(force=True)
         self.reloads += 1
         log.info(
             "snapshot %d loaded in %.0f ms: %d devices, %d NAS clients, %d sites",
@@ -239,6 +264,38 @@ class SnapshotKeeper:
             len(state.snapshot.policies),
         )
         return True
+
+    def report(self, *, force: bool) -> None:
+        """Write the loaded version to `radius_workers` (after a swap, or when the heartbeat is
+        due). The keeper's thread only: the packet path never waits for it. A failure is
+        logged once; the dispatcher stops waiting for a worker whose heartbeat ages out."""
+        if not self._report:
+            return
+        started = time.monotonic()
+        if (
+            not force
+            and self._reported_at is not None
+            and started - self._reported_at < self._heartbeat
+        ):
+            return
+        try:
+            with self._factory() as session, session.begin():
+                report_worker(
+                    session=session,
+                    node=self._node,
+                    pid=os.getpid(),
+                    loaded_version=self._version,
+                    now=datetime.now(UTC),
+                )
+        except Exception as exc:  # noqa: BLE001 - a report lost is a CoA sent after the bound
+            if not self._report_failing:
+                log.warning("could not report snapshot %d (%s)", self._version, _first_line(exc))
+            self._report_failing = True
+            return
+        if self._report_failing:
+            log.warning("reporting the loaded snapshot again (%d)", self._version)
+        self._report_failing = False
+        self._reported_at = started
 
     def _reached(self) -> None:
         self.last_ok = time.monotonic()

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = None
 
     # RADIUS
-    radius_snapshot_poll_seconds: float = 1.0
+    radius_snapshot_poll_seconds: float = 0.25  # p3 (issue 12): was 1.0; a CoA waits for it
     radius_duplicate_window_seconds: float = 5.0
     radius_log_batch_seconds: float = 0.5
 
@@ -146,6 +146,16 @@ class Settings(BaseSettings):
     smtp_timeout_seconds: float = Field(default=10.0, gt=0)
     # How long a sponsor's approve link stays valid after the visitor asks.
     sponsor_link_valid_minutes: int = Field(default=120, ge=1, le=7 * 24 * 60)
+
+    # --- p3 (issue 12): a CoA only once every RADIUS worker has the change ----------------
+    # Each RADIUS worker reports the change counter it has loaded (table radius_workers) on
+    # every reload and at least this often; one not heard from for `radius_worker_dead_seconds`
+    # is taken for dead and no longer waited for.
+    radius_worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
+    radius_worker_dead_seconds: float = Field(default=20.0, gt=0)
+    # How long a queued CoA / Disconnect waits for the live workers to load its change before
+    # it is sent anyway (its history then says which worker it did not wait for).
+    coa_wait_for_workers_seconds: float = Field(default=5.0, ge=0)
 
     @field_validator("admin_networks", mode="before")
     @classmethod

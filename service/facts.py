@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.audit import bump_change
 from service.enums import AgreementKind, DeviceClass, DeviceStatus, NasVendor, Role
 from service.errors import NotFound
 from service.mac import normalize_mac
@@ -87,6 +88,28 @@ def change_version(session: Session) -> int:
     """The change counter: cheap to poll, bumped by every change that can alter a decision."""
     value = session.scalar(select(ChangeCounter.value).where(ChangeCounter.id == 1))
     return int(value or 0)
+
+
+# `session.info` key: (the transaction, the counter value it moved to) once it moved it.
+_CHANGE_INFO = "change_version_of_transaction"
+
+
+def version_of_change(session: Session) -> int:
+    """The change counter value a snapshot must have reached to contain this transaction's
+    changes (what a CoA for them waits for: `service.enforcement.workers`).
+
+    Moves the counter once per transaction (the change's audit entry may move it again: any
+    later value contains the change too) and reads it back. The counter's row stays locked
+    until the commit, so no snapshot has this value before the change is committed.
+    """
+    transaction = session.get_transaction()
+    known = session.info.get(_CHANGE_INFO)
+    if known is not None and transaction is not None and known[0] is transaction:
+        return int(known[1])
+    bump_change(session)
+    version = change_version(session)
+    session.info[_CHANGE_INFO] = (transaction, version)
+    return version
 
 
 def load_policies(session: Session) -> dict[str, CompiledPolicy]:

@@ -260,6 +260,15 @@ def policy_explain(
     console.print(f"  rule:    {decision.rule}", highlight=False)
     if decision.location:
         console.print(f"  where:   {decision.location}", highlight=False)
+    if decision.lifted_rule:
+        console.print(
+            f'  lifted:  the exception lifts the rule "{decision.lifted_rule}"', highlight=False
+        )
+    if decision.held_rule:
+        console.print(
+            f'  not lifted: the rule "{decision.held_rule}" holds for exceptions too',
+            highlight=False,
+        )
     timeout = decision.session_timeout
     console.print(f"  re-check in: {'-' if timeout is None else f'{timeout} s'}", highlight=False)
 

@@ -11,6 +11,8 @@ Domain code only, no RADIUS here:
 - `sending`: the `CoaSender` Protocol the dispatcher sends through (the UDP one is
   `radius.coa.sender.UdpCoaSender`, chosen by `radius.coa.sender_for(settings)`), and
   `NullCoaSender`.
+- `workers`: the snapshot each RADIUS worker answers from (`report_worker`), so a request is
+  sent only once every live worker has loaded its change (`lagging_workers`).
 - `records`: one transition recorded, listing, the `coa` export and retention.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 from service.enforcement.dispatcher import (
     Attempt,
     Dispatcher,
+    Held,
     attempt_wait,
     claim,
     drain,
@@ -49,6 +52,13 @@ from service.enforcement.triggers import (
     queue_expired_grants,
     watch,
 )
+from service.enforcement.workers import (
+    WorkerReport,
+    forget_worker,
+    lagging_workers,
+    list_workers,
+    report_worker,
+)
 
 __all__ = [
     "EXPORTS",
@@ -60,17 +70,23 @@ __all__ = [
     "CoaSender",
     "CoaTarget",
     "Dispatcher",
+    "Held",
     "NullCoaSender",
+    "WorkerReport",
     "attempt_wait",
     "claim",
     "disconnect_device",
     "drain",
     "due_request_ids",
     "export_coa",
+    "forget_worker",
+    "lagging_workers",
     "list_requests",
+    "list_workers",
     "purge",
     "queue_expired_grants",
     "record",
+    "report_worker",
     "request_dict",
     "run_dispatcher",
     "send_queued",

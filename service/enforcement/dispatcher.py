@@ -37,6 +37,7 @@ from service.config import Settings
 from service.enforcement.records import record
 from service.enforcement.sending import CoaAnswer, CoaReply, CoaSender, CoaTarget
 from service.enforcement.triggers import queue_expired_grants
+from service.enforcement.workers import lagging_workers
 from service.enums import PENDING_COA_STATES, CoaKind, CoaState, NasVendor
 from service.export_types import iso
 from service.models import NasClient
@@ -51,6 +52,9 @@ MAX_BACKOFF_SECONDS = 30.0
 # Claimed rows wait this much longer than the attempt's own wait before another dispatcher
 # may take them over, so an answer arriving at the last moment is still settled by its sender.
 CLAIM_GRACE_SECONDS = 0.5
+# How often a row held for the RADIUS workers is looked at again: they report a reload as
+# soon as they have it, so this is most of the wait the ordering adds.
+HOLD_POLL_SECONDS = 0.02
 DEFAULT_COA_PORT = 3799
 
 REQUEST_NAMES = {CoaKind.COA: "CoA-Request", CoaKind.DISCONNECT: "Disconnect-Request"}
@@ -74,6 +78,14 @@ class Attempt:
     kind: CoaKind
     target: CoaTarget
     wait: float
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A queued row not claimed yet: a live RADIUS worker has not loaded its change."""
+
+    row_id: int
+    waiting_for: str  # the workers, for a log line
 
 
 def due_request_ids(
@@ -129,12 +141,36 @@ def resolve_target(*, session: Session, row: CoaRequest) -> CoaTarget | str:
     )
 
 
+def workers_behind(
+    *, session: Session, row: CoaRequest, settings: Settings, now: datetime
+) -> tuple[str, bool] | None:
+    """Whether a queued row must wait for the RADIUS workers: None when every live worker has
+    loaded its change (or it announces none), else (which workers, whether the wait is over:
+    `coa_wait_for_workers_seconds` after it was queued)."""
+    if row.change_version is None or row.state != CoaState.QUEUED or row.attempts:
+        return None
+    lagging = lagging_workers(
+        session=session,
+        version=row.change_version,
+        now=now,
+        live_seconds=settings.radius_worker_dead_seconds,
+    )
+    if not lagging:
+        return None
+    names = ", ".join(worker.describe() for worker in lagging)
+    waited = (now - row.created_at).total_seconds()
+    return names, waited >= settings.coa_wait_for_workers_seconds
+
+
 def claim(
     *, session: Session, row_id: int, settings: Settings, sender: CoaSender, now: datetime
-) -> Attempt | None:
+) -> Attempt | Held | None:
     """Take the row for one attempt at `now`, or close it; None when there is nothing to send.
 
     Closes it as `timeout` when its attempts are used up, `failed` when no NAS is known.
+    A queued row whose change a live RADIUS worker has not loaded yet is `Held`, unclaimed,
+    until the workers have it or `coa_wait_for_workers_seconds` pass (then it is sent, and its
+    history names the workers it did not wait for).
     The claim is one conditional UPDATE: of two dispatchers claiming a row, one wins.
     """
     row = session.get(CoaRequest, row_id)
@@ -142,6 +178,9 @@ def claim(
         return None
     if row.next_attempt_at > now:
         return None  # another dispatcher holds it
+    behind = workers_behind(session=session, row=row, settings=settings, now=now)
+    if behind is not None and not behind[1]:
+        return Held(row_id=row_id, waiting_for=behind[0])
     if row.attempts >= settings.coa_retries:
         record(
             row,
@@ -162,6 +201,12 @@ def claim(
     number = row.attempts + 1
     wait = attempt_wait(settings, number)
     detail = f"{REQUEST_NAMES[kind]} attempt {number} to {target.address}:{target.port}"
+    if behind is not None:
+        detail += (
+            f"; sent after waiting {settings.coa_wait_for_workers_seconds:g} s for RADIUS "
+            f"workers to load change {row.change_version}: {behind[0]} had not"
+        )
+        log.warning("CoA request %s: %s", row_id, detail)
     result: Any = session.execute(
         update(CoaRequest)
         .where(
@@ -279,6 +324,9 @@ class Dispatcher:
 
     async def work(self, row_id: int) -> None:
         """Drive one row until it is final or waits for a later attempt; never raises."""
+        # A held row is looked at again until the workers have its change; past the bound
+        # (on the monotonic clock, whatever `clock` says) it is left to the next pass.
+        hold_until = time.monotonic() + self.settings.coa_wait_for_workers_seconds + 1.0
         try:
             while True:
                 with self.factory() as session, session.begin():
@@ -289,6 +337,11 @@ class Dispatcher:
                         sender=self.sender,
                         now=self.clock(),
                     )
+                if isinstance(attempt, Held):
+                    if time.monotonic() >= hold_until:
+                        return
+                    await asyncio.sleep(HOLD_POLL_SECONDS)
+                    continue
                 if attempt is None:
                     return
                 reply = await self.sender.send(attempt.target, attempt.kind, attempt.wait)
@@ -419,7 +472,10 @@ def drain(
         end = time.monotonic() + limit
         total = 0
         while dispatcher.sender.sends and time.monotonic() < end:
-            total += await dispatcher.run_once()
+            try:  # a row held for the RADIUS workers must not outlast the limit
+                total += await asyncio.wait_for(dispatcher.run_once(), end - time.monotonic())
+            except TimeoutError:
+                break
             with session_factory() as session:
                 if not any_pending(session=session):
                     break

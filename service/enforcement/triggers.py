@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from service.enums import Access, CoaKind, CoaState
 from service.export_types import iso
-from service.facts import load_device_facts, load_policies
+from service.facts import load_device_facts, load_policies, version_of_change
 from service.mac import normalize_mac
 from service.models import AccessException, AccountingSession, Device, Site
 from service.models.coa import CoaRequest
@@ -169,7 +169,11 @@ def _queue_changes(
     reason: str,
     actor: str | None,
     now: datetime,
+    changed: bool = True,
 ) -> list[CoaRequest]:
+    """Queue a request for each session whose outcome moved. `changed`: the outcomes moved
+    because this transaction changed data (each request then waits for the RADIUS workers to
+    load it); False when only time moved (an exception ended), which every snapshot answers."""
     queued: list[CoaRequest] = []
     device_ids = (
         dict(
@@ -183,6 +187,7 @@ def _queue_changes(
         else {}
     )
     pending: dict[int, CoaRequest] = session.info.setdefault(PENDING_KEY, {})
+    version: int | None = None
     for s in sessions:
         old = before.get(s.id)
         new = after.get(s.id)
@@ -195,6 +200,8 @@ def _queue_changes(
             # one request, carrying the final outcome.
             row.kind, row.new_access, row.new_vlan = kind, new[0].value, new[1]
             continue
+        if version is None and changed:
+            version = version_of_change(session)
         row = _add_request(
             session,
             s,
@@ -205,6 +212,7 @@ def _queue_changes(
             old=old,
             new=new,
             now=now,
+            change=version,
         )
         pending[s.id] = row
         queued.append(row)
@@ -223,6 +231,7 @@ def _add_request(
     old: Outcome | None,
     new: Outcome | None,
     now: datetime,
+    change: int | None = None,
 ) -> CoaRequest:
     row = CoaRequest(
         created_at=now,
@@ -245,6 +254,7 @@ def _add_request(
         new_access=new[0].value if new else None,
         new_vlan=new[1] if new else None,
         history=[{"at": iso(now), "state": CoaState.QUEUED.value, "detail": reason}],
+        change_version=change,
     )
     session.add(row)
     session.info[QUEUED_FLAG] = True
@@ -307,5 +317,12 @@ def queue_expired_grants(
     before = _decisions(session, sessions, since)
     after = _decisions(session, sessions, until)
     return _queue_changes(
-        session, sessions, before, after, reason=reason, actor="schoolgate", now=until
+        session,
+        sessions,
+        before,
+        after,
+        reason=reason,
+        actor="schoolgate",
+        now=until,
+        changed=False,
     )

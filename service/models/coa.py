@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.models.base import Base, BigIntId, JSONType, UTCDateTime, intpk, utc, utcnow
@@ -56,3 +56,27 @@ class CoaRequest(Base):
     error_cause: Mapped[int | None] = mapped_column(Integer)
     detail: Mapped[str | None] = mapped_column(Text)
     history: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    # The change counter (`service.facts.change_version`) a RADIUS snapshot must have reached
+    # to answer with the change this request announces: the dispatcher does not send it before
+    # every live worker has loaded it (`service.enforcement.workers`). None: nothing to wait for.
+    change_version: Mapped[int | None] = mapped_column(BigIntId)
+
+
+class RadiusWorker(Base):
+    """One RADIUS server process and the snapshot it answers from (migration 0007).
+
+    Written by the worker's snapshot keeper when it loads a snapshot and on a heartbeat, off the
+    packet path; read by the CoA dispatcher, which waits until every live worker has loaded a
+    request's change. A row whose heartbeat is older than `radius_worker_dead_seconds` is a
+    worker that died without saying so, and is ignored.
+    """
+
+    __tablename__ = "radius_workers"
+    __table_args__ = (UniqueConstraint("node", "pid", name="uq_radius_workers_node_pid"),)
+
+    id: Mapped[intpk]
+    node: Mapped[str] = mapped_column(String(255))  # the host name
+    pid: Mapped[int] = mapped_column(Integer)
+    loaded_version: Mapped[int] = mapped_column(BigIntId)
+    started_at: Mapped[utc] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[utc] = mapped_column(default=utcnow)

@@ -42,6 +42,7 @@ PERSONAL = frozenset(
 STAFF_ROLE = Role.STAFF
 _LOCATION_MEMO_LIMIT = 50_000
 _INF = math.inf
+_TOP_RANK = max(level.rank for level in Access) + 1
 
 UNKNOWN_KEY: tuple[Any, ...] = ()  # the device facts key of a device the school does not know
 UNKNOWN_REASON = (
@@ -136,40 +137,79 @@ def decide(
 
     base = policy.access[device_class]
     level = base
-    narrowing: Rule | None = None
+    # Narrowing rules come in two kinds (`Rule.lifted_by_exceptions`): those an exception
+    # lifts (working hours) lower the level before the exception is applied; those it does
+    # not lift (safeguarding areas, exam sessions) cap whatever the exception gave.
+    narrowing: Rule | None = None  # the lowest rule an exception may lift
+    held: Rule | None = None  # the lowest rule no exception lifts
+    # The highest level an exception could give: below it a held rule matters.
+    ceiling = _TOP_RANK if device.grants else base.rank
     _, weekday, minute, _ = _clock(policy, ts)
     for rule in policy.rules:
-        if (
-            device_class in rule.classes
-            and rule.access.rank < level.rank
-            and _rule_applies(rule, location, ts, weekday, minute)
-        ):
-            level = rule.access
-            narrowing = rule
+        if device_class in rule.classes:
+            if rule.lifted_by_exceptions:
+                if rule.access.rank < level.rank and _rule_applies(
+                    rule, location, ts, weekday, minute
+                ):
+                    level = rule.access
+                    narrowing = rule
+            elif rule.access.rank < (ceiling if held is None else held.access.rank) and (
+                _rule_applies(rule, location, ts, weekday, minute)
+            ):
+                held = rule
+    narrowed = level
 
-    grant = _best_grant(device.grants, ts)
+    grant = _best_grant(device.grants, ts) if device.grants else None
     widened = grant is not None and grant.access.rank > level.rank
     if grant is not None and widened:
         level = grant.access
+    capped: Rule | None = None  # the rule no exception lifts, when it lowers the level
+    if held is not None and held.access.rank < level.rank:
+        level = held.access
+        capped = held
+    held_rule = (
+        capped.name
+        if capped is not None and grant is not None and grant.access.rank > capped.access.rank
+        else None
+    )
+    lifted_rule = narrowing.name if narrowing is not None and widened else None
     horizon = change_horizon(policy, device, location, ts)
     valid_until = None if horizon == _INF else horizon
 
     label = CLASS_LABEL[device_class]
+    where = f" in {location}" if location else ""
     if level is NONE:
-        if narrowing is not None:
-            where = f" in {location}" if location else ""
+        in_force = capped if capped is not None else (None if widened else narrowing)
+        if in_force is not None:
             reason = (
-                f'{label}: the rule "{narrowing.name}" applies{where} at this time, '
+                f'{label}: the rule "{in_force.name}" applies{where} at this time, '
                 "so it has no network access."
             )
-            rule_name = f"rule:{narrowing.name}"
+            if held_rule is not None and grant is not None:
+                reason += (
+                    f" An exception approved by {grant.approved_by} ({grant.reason}) does not "
+                    "lift this rule: it holds for exceptions too."
+                )
+            rule_name = f"rule:{in_force.name}"
         else:
             reason = f"{label}: {policy.school_name}'s policy gives it no network access."
             extra = policy.explanations.get(device_class.value)
             if extra:
                 reason += f" {extra}"
             rule_name = f"access.{device_class.value}"
-        return Decision(NONE, None, reason, rule_name, None, location, valid_until, None, facts_key)
+        return Decision(
+            NONE,
+            None,
+            reason,
+            rule_name,
+            None,
+            location,
+            valid_until,
+            None,
+            facts_key,
+            lifted_rule,
+            held_rule,
+        )
 
     # The gates: what the level needs before it is granted.
     gate: str | None = None
@@ -220,17 +260,23 @@ def decide(
     reason = f"{label} gets {LEVEL_TEXT[base]} under {policy.school_name}'s policy"
     rule_name = f"access.{device_class.value}"
     if narrowing is not None:
-        where = f" in {location}" if location else ""
-        reason += f'; the rule "{narrowing.name}" limits it{where} now to {LEVEL_TEXT[level]}'
+        reason += f'; the rule "{narrowing.name}" limits it{where} now to {LEVEL_TEXT[narrowed]}'
         rule_name = f"rule:{narrowing.name}"
     if grant is not None and widened:
         reason += (
             f"; an exception approved by {grant.approved_by} ({grant.reason}) gives "
-            f"{LEVEL_TEXT[level]}"
+            f"{LEVEL_TEXT[grant.access]}"
         )
         if grant.valid_until != math.inf:
             reason += f" until {_local_text(policy, grant.valid_until)}"
+        if lifted_rule is not None:
+            reason += f', lifting the rule "{lifted_rule}"'
         rule_name = "exception"
+    if capped is not None:
+        reason += f'; the rule "{capped.name}" limits it{where} now to {LEVEL_TEXT[level]}'
+        if held_rule is not None:
+            reason += ", which exceptions do not lift"
+        rule_name = f"rule:{capped.name}"
     cap = policy.max_session_timeout
     return Decision(
         level,
@@ -242,6 +288,8 @@ def decide(
         valid_until,
         cap,
         facts_key,
+        lifted_rule,
+        held_rule,
     )
 
 

@@ -51,6 +51,7 @@ RULE_KEYS = {
     "locations",
     "except_locations",
     "from",
+    "lifted_by_exceptions",
     "until",
     "access",
     "description",
@@ -317,7 +318,20 @@ class _Validator:
             except_locations=except_where or frozenset(),
             starts=starts,
             ends=ends,
+            lifted_by_exceptions=self.lifted_by_exceptions(
+                key, raw, located=where is not None, absolute=starts is not None or ends is not None
+            ),
         )
+
+    def lifted_by_exceptions(
+        self, key: str, raw: dict[str, Any], *, located: bool, absolute: bool
+    ) -> bool:
+        """`lifted_by_exceptions`: whether a device's access exception raises it above the rule.
+
+        Defaults to false for a rule tied to places (`locations`: a BYOD-free changing room)
+        or to an absolute window (`from`/`until`: an exam session), which hold for everyone;
+        true for a working-hours window, which an exception is granted to get past."""
+        return self.boolean(raw, f"{key}.lifted_by_exceptions", default=not (located or absolute))
 
     # -- values -----------------------------------------------------------------------------
 

@@ -84,6 +84,11 @@ class Decision:
     # timeout behind a gate); None for a reject.
     timeout_cap: int | None = None
     facts_key: tuple[Any, ...] | None = None
+    # With an exception in force: the narrowing rule it lifted (its access was below the
+    # exception's and the exception won), and the one it did not lift (`lifted_by_exceptions`
+    # false: a safeguarding area or an exam session caps the exception too).
+    lifted_rule: str | None = None
+    held_rule: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +103,8 @@ class Decision:
                 if self.valid_until is None
                 else datetime.fromtimestamp(self.valid_until, UTC).isoformat(timespec="seconds")
             ),
+            "exception_lifted_rule": self.lifted_rule,
+            "exception_not_lifted_rule": self.held_rule,
         }
 
 
@@ -121,6 +128,10 @@ class Rule:
     except_locations: frozenset[str] = frozenset()
     starts: float | None = None  # absolute window, POSIX seconds
     ends: float | None = None
+    # Whether an access exception for a device raises it above this rule. False keeps the
+    # rule in force over exceptions (a BYOD-free changing room, an exam session); the loader
+    # defaults it from the rule's shape (`Loader.lifted_by_exceptions`).
+    lifted_by_exceptions: bool = True
 
 
 WHEN_STALE = ("registration", "reject")  # the first is the default

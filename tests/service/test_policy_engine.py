@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from service.enums import Access, DeviceClass, DeviceStatus, Role
+from service.errors import PolicyError
 from service.policy import (
     NO_EXPIRY,
     AccessRequest,
     Grant,
+    SitePolicy,
     decide,
     device_key,
+    load_policy_text,
     session_timeout_at,
 )
-from tests.service.policy_fixtures import SIGNED, at, facts, london, policy
+from tests.service.policy_fixtures import POLICIES, SIGNED, at, facts, london, policy
 
 C = DeviceClass
 S = DeviceStatus
@@ -615,3 +619,226 @@ def test_device_with_exceptions_has_no_shared_facts_key() -> None:
     device = facts(C.LEARNER_OWNED, grants=(grant,))
     assert device_key(device) is None
     assert decide(at(), device, policy("chancery"), london(MONDAY_10)).facts_key is None
+
+
+# Safeguarding areas and exceptions (issue 12): a rule's `lifted_by_exceptions` says whether an
+# exception for a device gets past it. Guest Network School (seed 001): the changing rooms are
+# BYOD free; Chancery's lesson-time rules are working-hours windows.
+MEDICAL = Grant(Access.INTERNET, later(-1), NO_EXPIRY, "glucose monitor app", "headteacher")
+SLT = Grant(Access.SEGREGATED, later(-1), NO_EXPIRY, "emergency contact: child unwell", "SLT")
+EXAM_DAY = "2027-05-12 10:00"  # a Wednesday in the summer exam season
+
+# (school, when, NAS, class, grant, access, rule, lifted rule, rule not lifted)
+EXCEPTION_TABLE = [
+    # A pupil's medical exception works in the corridor...
+    (
+        "guest-network",
+        MONDAY_10,
+        "AP-CORRIDOR-1",
+        C.LEARNER_OWNED,
+        MEDICAL,
+        Access.INTERNET,
+        "exception",
+        None,
+        None,
+    ),
+    # ...but not in the BYOD-free changing room (a rule with locations).
+    (
+        "guest-network",
+        MONDAY_10,
+        "AP-CHANGING-2",
+        C.LEARNER_OWNED,
+        MEDICAL,
+        Access.NONE,
+        "rule:changing rooms are BYOD free",
+        None,
+        "changing rooms are BYOD free",
+    ),
+    # Nor in the exam hall during the exam season (an absolute window).
+    (
+        "guest-network",
+        EXAM_DAY,
+        "AP-EXAM-1",
+        C.LEARNER_OWNED,
+        MEDICAL,
+        Access.NONE,
+        "rule:summer exam season in the exam hall",
+        None,
+        "summer exam season in the exam hall",
+    ),
+    # A staff phone with an SLT exception in the changing room: the rule holds there too.
+    (
+        "guest-network",
+        MONDAY_10,
+        "AP-SPORTS-CR1",
+        C.STAFF_OWNED,
+        SLT,
+        Access.NONE,
+        "rule:changing rooms are BYOD free",
+        None,
+        "changing rooms are BYOD free",
+    ),
+    # Without an exception nothing is lifted or held: the rule applies as always.
+    (
+        "guest-network",
+        MONDAY_10,
+        "AP-CHANGING-2",
+        C.STAFF_OWNED,
+        None,
+        Access.NONE,
+        "rule:changing rooms are BYOD free",
+        None,
+        None,
+    ),
+    # A working-hours window (no locations) is lifted by the exception, and says so.
+    (
+        "spt",
+        MONDAY_10,
+        "AP-CLASS-3",
+        C.STAFF_OWNED,
+        SLT,
+        Access.SEGREGATED,
+        "exception",
+        "personal devices off in working hours, except staffroom and SLT offices",
+        None,
+    ),
+    # Outside the window there is nothing to lift.
+    (
+        "spt",
+        MONDAY_17,
+        "AP-CLASS-3",
+        C.STAFF_OWNED,
+        SLT,
+        Access.SEGREGATED,
+        "access.staff_owned",
+        None,
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("school", "when", "nas", "device_class", "grant", "expected", "rule", "lifted", "held"),
+    EXCEPTION_TABLE,
+)
+def test_exceptions_lift_only_the_rules_that_say_so(
+    school, when, nas, device_class, grant, expected, rule, lifted, held
+) -> None:
+    device = facts(device_class, byod_until=SIGNED, grants=(grant,) if grant else ())
+    decision = decide(at(nas), device, policy(school), london(when))
+    assert (decision.access, decision.rule) == (expected, rule)
+    assert (decision.lifted_rule, decision.held_rule) == (lifted, held)
+    assert decision.as_dict()["exception_lifted_rule"] == lifted
+    assert decision.as_dict()["exception_not_lifted_rule"] == held
+    if held is not None:
+        assert f'"{held}"' in decision.reason
+        assert "does not lift" in decision.reason
+    if lifted is not None:
+        assert f'lifting the rule "{lifted}"' in decision.reason
+
+
+def _policy_with(rule_lines: str) -> SitePolicy:
+    text = (
+        (POLICIES / "guest-network.toml").read_text().split("[[rules]]", 1)[0]
+        + "[[rules]]\n"
+        + rule_lines
+    )
+    return load_policy_text(text, "<test>")
+
+
+@pytest.mark.parametrize(
+    ("rule_lines", "lifted"),
+    [
+        ('name = "r"\nclasses = ["learner_owned"]\naccess = "none"\n', True),
+        (
+            'name = "r"\nclasses = ["learner_owned"]\nbetween = "08:00-16:00"\naccess = "none"\n',
+            True,
+        ),
+        (
+            'name = "r"\nclasses = ["learner_owned"]\nexcept_locations = ["exam-hall"]\n'
+            'access = "none"\n',
+            True,
+        ),
+        (
+            'name = "r"\nclasses = ["learner_owned"]\nlocations = ["exam-hall"]\naccess = "none"\n',
+            False,
+        ),
+        (
+            'name = "r"\nclasses = ["learner_owned"]\nfrom = "2027-05-10T00:00"\naccess = "none"\n',
+            False,
+        ),
+        (
+            'name = "r"\nclasses = ["learner_owned"]\nlocations = ["exam-hall"]\naccess = "none"\n'
+            "lifted_by_exceptions = true\n",
+            True,
+        ),
+        (
+            'name = "r"\nclasses = ["learner_owned"]\naccess = "none"\nlifted_by_exceptions = false\n',
+            False,
+        ),
+    ],
+)
+def test_lifted_by_exceptions_defaults_from_the_rule_shape(rule_lines, lifted) -> None:
+    compiled = _policy_with(rule_lines)
+    assert compiled.rules[0].lifted_by_exceptions is lifted
+    device = facts(C.LEARNER_OWNED, grants=(MEDICAL,))
+    decision = decide(at("AP-EXAM-1"), device, compiled, london("2027-05-12 10:00"))
+    assert decision.access is (Access.INTERNET if lifted else Access.NONE)
+
+
+def test_lifted_by_exceptions_must_be_true_or_false() -> None:
+    with pytest.raises(PolicyError, match=r"rules\[0\]\.lifted_by_exceptions.*true or false"):
+        _policy_with(
+            'name = "r"\nclasses = ["learner_owned"]\naccess = "none"\nlifted_by_exceptions = "no"\n'
+        )
+
+
+def test_a_rule_no_exception_lifts_still_caps_a_lower_lifted_rule() -> None:
+    # Both kinds apply: the working-hours rule (lifted) leaves internet, the exception gives
+    # segregated, the located rule caps it at internet.
+    compiled = _policy_with(
+        'name = "lessons"\nclasses = ["staff_owned"]\naccess = "none"\n\n'
+        '[[rules]]\nname = "hall"\nclasses = ["staff_owned"]\nlocations = ["exam-hall"]\n'
+        'access = "internet"\n'
+    )
+    device = facts(C.STAFF_OWNED, byod_until=SIGNED, grants=(SLT,))
+    decision = decide(at("AP-HALL-1"), device, compiled, london(MONDAY_10))
+    assert (decision.access, decision.rule) == (Access.INTERNET, "rule:hall")
+    assert (decision.lifted_rule, decision.held_rule) == ("lessons", "hall")
+
+
+# `policy explain` through the real command (SQLite: the CLI does not depend on the backend).
+@pytest.fixture
+def db_url(sqlite_url: str) -> str:
+    return sqlite_url
+
+
+def test_policy_explain_says_which_rule_an_exception_did_or_did_not_lift(run_cli) -> None:
+    run_cli("db", "upgrade")
+    run_cli("policy", "load", str(POLICIES / "guest-network.toml"))
+    mac = "aa:bb:cc:dd:ee:30"
+    run_cli("device", "add", mac, "--site", "guest-network", "--class", "learner_owned")
+    run_cli(
+        "exception",
+        "grant",
+        mac,
+        "--access",
+        "internet",
+        "--reason",
+        "glucose monitor app",
+        "--approved-by",
+        "Headteacher",
+    )
+    changing = json.loads(
+        run_cli("policy", "explain", mac, "--nas-id", "AP-CHANGING-1", "--json").stdout
+    )
+    assert (changing["access"], changing["rule"]) == ("none", "rule:changing rooms are BYOD free")
+    assert changing["exception_not_lifted_rule"] == "changing rooms are BYOD free"
+    assert changing["exception_lifted_rule"] is None
+    text = run_cli("policy", "explain", mac, "--nas-id", "AP-CHANGING-1").stdout
+    assert 'not lifted: the rule "changing rooms are BYOD free" holds for exceptions too' in text
+    corridor = json.loads(
+        run_cli("policy", "explain", mac, "--nas-id", "AP-CORRIDOR-1", "--json").stdout
+    )
+    assert (corridor["access"], corridor["rule"]) == ("internet", "exception")
+    assert corridor["exception_not_lifted_rule"] is None
