@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import transaction
+from service.demo import DEMO_VISITOR_CODE
 from service.models import AccountingSession
 from tests.conftest import SCHOOLGATE
 from tests.helpers import free_tcp_port, wait_for_tcp
@@ -116,11 +117,13 @@ def test_agreement_and_done_page_on_a_phone(portal_url: str) -> None:
         page.get_by_label("Your name", exact=True).fill("Ada Lovelace")
         page.get_by_label("Whom you are visiting").fill("Mrs Patel")
         page.get_by_label("I have read and agree").check()
+        page.get_by_label("Visitor code from reception").fill(DEMO_VISITOR_CODE)
         page.get_by_label("Type your name to sign").fill("Someone Else")  # a mistake
         page.get_by_role("button", name="Sign and connect").click()
         assert page.get_by_label("I have read and agree").is_checked()  # kept after the error
         assert page.get_by_label("Type your name to sign").input_value() == "Someone Else"
         page.get_by_label("Type your name to sign").fill("Ada Lovelace")
+        page.get_by_label("Visitor code from reception").fill(DEMO_VISITOR_CODE)
         page.get_by_role("button", name="Sign and connect").click()
         page.wait_for_url(re.compile(r"/done"))
         page.screenshot(path=str(shots / "visitor-done.png"), full_page=True)
