@@ -338,8 +338,9 @@ def _read_rows(
 
 
 def _differences(device: Device, row: _Row) -> tuple[dict[str, Any], list[str]]:
-    """The attributes to set for the device to match its row (only the columns the file has),
-    and each difference said as "what registered -> file"."""
+    """The attributes to set for the device to match its row (only the columns the file has;
+    an exited device listed is in use again), and each difference said as "registered ->
+    file"."""
     wanted: dict[str, Any] = {}
     said: list[str] = []
     if "class" in row.values and row.device_class is not device.device_class:
@@ -351,6 +352,13 @@ def _differences(device: Device, row: _Row) -> tuple[dict[str, Any], list[str]]:
             wanted["owner_id"] = owner_id
             target = (row.owner.email or row.owner.username or row.owner.name) if row.owner else "-"
             said.append(f"owner -> {target}")
+    if device.status is DeviceStatus.EXITED:
+        # Back in the school's MDM after an exit: in use again (revoked and lost devices
+        # stay as IT left them: someone decided that).
+        wanted["status"] = default_status(row.device_class)
+        wanted["status_reason"] = None
+        wanted["status_changed_at"] = utcnow()
+        said.append(f"status exited -> {wanted['status'].value}")
     for key, attribute in (("asset_tag", "asset_tag"), ("name", "name")):
         if key in row.values:
             value = row.values[key] or None

@@ -53,9 +53,7 @@ def export(
         tmp = output.with_name(output.name + ".part")
         try:
             with tmp.open("w", encoding="utf-8", newline="") as handle:
-                count = write_rows(
-                    exporters[name](session, query), handle, fmt, zone_for=zone_for
-                )
+                count = write_rows(exporters[name](session, query), handle, fmt, zone_for=zone_for)
             tmp.replace(output)  # never leave a half-written export behind
         except OSError as exc:
             tmp.unlink(missing_ok=True)
