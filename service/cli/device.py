@@ -150,10 +150,13 @@ def device_import(
             )
         print_json(data)
         return
-    verb = "would " if dry_run else ""
-    summary = f"{'dry run: ' if dry_run else ''}{site}: {verb}add {len(result.added)}"
+    if dry_run:
+        said = ["would add", "would change", "would retire"]
+    else:
+        said = ["added", "changed", "retired"]
+    summary = f"{'dry run: ' if dry_run else ''}{site}: {said[0]} {len(result.added)}"
     if sync:
-        summary += f", {verb}change {len(result.changed)}, {verb}retire {len(result.retired)}"
+        summary += f", {said[1]} {len(result.changed)}, {said[2]} {len(result.retired)}"
     summary += f", {len(result.unchanged)} already registered as in the file"
     if not dry_run and not sync and not result.unchanged:
         summary = f"imported {len(result.added)} device(s) into {site}"

@@ -100,10 +100,10 @@ def person_import(
             }
         )
         return
-    verb = "would " if dry_run else ""
-    summary = f"{'dry run: ' if dry_run else ''}{site}: {verb}add {len(result.added)}"
+    said = ["would add", "would change", "would leave"] if dry_run else ["added", "changed", "left"]
+    summary = f"{'dry run: ' if dry_run else ''}{site}: {said[0]} {len(result.added)}"
     if sync:
-        summary += f", {verb}change {len(result.changed)}, {len(result.left)} {verb}leave"
+        summary += f", {said[1]} {len(result.changed)}, {len(result.left)} {said[2]}"
     summary += f", {len(result.unchanged)} already as in the file"
     console.print(summary, highlight=False)
     for ref in result.added:
