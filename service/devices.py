@@ -6,8 +6,9 @@ import csv
 import io
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, joinedload
@@ -28,7 +29,7 @@ from service.models import (
     utcnow,
 )
 from service.people import find_person
-from service.sites import get_site
+from service.sites import get_site, site_timezone
 from service.text import check_text
 
 
@@ -706,10 +707,16 @@ def record_dpo_notified(
     *, session: Session, incident_id: int, notified_at: datetime, actor: str
 ) -> Incident:
     """Record when the DPO was told of an incident, after the fact (seed 001); audited. A time
-    already recorded is corrected, and the audit entry keeps the previous one."""
+    without an offset is the device's site's local time. A time already recorded is
+    corrected, and the audit entry keeps the previous one."""
     incident = session.get(Incident, incident_id)
     if incident is None:
         raise NotFound(f"no incident {incident_id}")
+    device = session.get(Device, incident.device_id)
+    if notified_at.tzinfo is None:
+        zone = site_timezone(session=session, site_id=device.site_id) if device else "UTC"
+        notified_at = notified_at.replace(tzinfo=ZoneInfo(zone))
+    notified_at = notified_at.astimezone(UTC)
     if notified_at < incident.reported_at.replace(microsecond=0):
         raise Invalid(
             f"the DPO cannot have been told before the incident was reported "
@@ -720,7 +727,6 @@ def record_dpo_notified(
     previous = incident.dpo_notified_at
     incident.dpo_notified_at = notified_at
     session.flush()
-    device = session.get(Device, incident.device_id)
     audit.record(
         session,
         actor=actor,

@@ -14,7 +14,6 @@ from service.cli.common import (
     fail,
     get_state,
     local_text,
-    parse_when,
     print_rows,
 )
 from service.devices import record_dpo_notified
@@ -86,9 +85,10 @@ def incident_update(
 ) -> None:
     """Record when the DPO was told of an incident, after the fact (audited)."""
     state = get_state(ctx)
-    when = parse_when(dpo_notified_at)
-    if when is None:
-        fail("--dpo-notified-at needs a time")
+    try:
+        when = datetime.fromisoformat(dpo_notified_at.strip())
+    except ValueError:
+        fail(f"not an ISO 8601 date-time: {dpo_notified_at!r} (e.g. 2026-11-23T10:00)")
     with state.transaction() as session:
         record = record_dpo_notified(
             session=session, incident_id=incident, notified_at=when, actor=state.actor
