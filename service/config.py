@@ -193,6 +193,15 @@ class Settings(BaseSettings):
         return self.audit_anchor_file or self.key_dir / ANCHOR_FILE
 
 
+def database_url_from(value: str) -> str:
+    """A database URL as typed: `schoolgate.db` or `/var/lib/schoolgate/school.db` (a plain
+    path, no `scheme://`) is that SQLite file; anything else is already a URL."""
+    value = value.strip()
+    if not value or "://" in value or value.startswith("sqlite:"):
+        return value
+    return f"sqlite:///{Path(value).expanduser().absolute()}"
+
+
 def sqlite_path(url: str) -> Path | None:
     """The file of a `sqlite:///path` URL; None for memory or another database."""
     for prefix in ("sqlite:///", "sqlite+pysqlite:///"):

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.config import sqlite_path
+from service.config import database_url_from, sqlite_path
 
 if TYPE_CHECKING:
     from service.audit import AuditChain
@@ -28,7 +28,9 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def normalize_url(url: str) -> str:
-    """Accept `postgresql://` and `postgres://` as psycopg 3 URLs."""
+    """Accept `postgresql://` and `postgres://` as psycopg 3 URLs, and a plain path as the
+    SQLite file it names."""
+    url = database_url_from(url)
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]

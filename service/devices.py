@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, joinedload
@@ -30,7 +30,7 @@ from service.models import (
     utcnow,
 )
 from service.people import find_person
-from service.sites import get_site
+from service.sites import get_site, site_timezone
 from service.text import check_text
 
 
@@ -114,7 +114,13 @@ def add_device(
 
 @dataclass
 class ImportResult:
+    """What an import did (or, with `dry_run`, would do): the diff against the register."""
+
     added: list[str] = field(default_factory=list)
+    # (MAC, ["class school_shared -> school_single", ...]) for each device whose row differs.
+    changed: list[tuple[str, list[str]]] = field(default_factory=list)
+    retired: list[str] = field(default_factory=list)  # `--sync`: gone from the file
+    unchanged: list[str] = field(default_factory=list)  # already registered as in the file
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (line, problem)
 
 
@@ -125,6 +131,16 @@ COLUMN_ALIASES = {
     "owner": ("owner", "owner email", "owner_email", "email", "user"),
     "name": ("name", "device name", "device_name", "model"),
 }
+SYNC_EXIT_REASON = "not in the MDM export (device import --sync)"
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    line: int
+    mac: str
+    device_class: DeviceClass
+    owner: Person | None
+    values: dict[str, str]  # the file's cells, by column key
 
 
 def import_devices(
@@ -135,11 +151,145 @@ def import_devices(
     actor: str,
     default_class: DeviceClass = DeviceClass.SCHOOL_SHARED,
     skip_bad_rows: bool = False,
+    sync: bool = False,
+    dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> ImportResult:
-    """Import an MDM asset list (CSV with a header row). All or nothing, unless
-    `skip_bad_rows`, when each bad row is reported with its line number and the rest stored."""
+    """Import an MDM asset list (CSV with a header row).
+
+    A row for a device already registered as the file says is left alone (`unchanged`), so
+    the same export can be imported again. A row that is malformed (bad MAC, unknown class or
+    owner, a MAC twice) stops the import with its line number: nothing is stored. A row for a
+    registered device whose class, owner, asset tag or name differ is a conflict: without
+    `sync` every conflicting line is reported in one error and nothing is stored. With
+    `skip_bad_rows` both kinds are reported per line and the other rows stored.
+
+    `sync`: the file is the truth for the devices it covers, those of the site in the classes
+    the file lists. Differing rows are applied and each covered device missing from the file
+    goes through the exit process; every change is audited and CoA is queued as for any
+    change. `dry_run`: work out the same diff, change nothing."""
     site_id = get_site(session, site_code).id
+    parsed, result = _read_rows(session, text, default_class, skip_bad_rows=skip_bad_rows)
+    existing = {d.mac: d for d in session.scalars(select(Device))}
+    new_rows: list[_Row] = []
+    updates: list[tuple[Device, dict[str, Any], list[str]]] = []
+    conflicts: list[str] = []
+    for row in parsed:
+        device = existing.get(row.mac)
+        if device is None:
+            new_rows.append(row)
+            continue
+        if device.site_id != site_id:
+            problem = f"device {row.mac} is registered at another site"
+            if not skip_bad_rows:
+                raise Conflict(f"CSV line {row.line}: {problem}")
+            result.skipped.append((row.line, problem))
+            continue
+        wanted, differences = _differences(device, row)
+        if not differences:
+            result.unchanged.append(row.mac)
+        elif sync:
+            updates.append((device, wanted, differences))
+            result.changed.append((row.mac, differences))
+        elif skip_bad_rows:
+            result.skipped.append(
+                (row.line, f"device {row.mac} is registered with {', '.join(differences)}")
+            )
+        else:
+            conflicts.append(f"line {row.line}: {row.mac} has {', '.join(differences)}")
+    if conflicts:
+        raise Conflict(
+            f"CSV {'; '.join(conflicts)} (registered value -> file); nothing imported: "
+            "use --sync to apply the file, or --skip-bad-rows"
+        )
+    retire: list[Device] = []
+    if sync:
+        listed = {row.mac for row in parsed}
+        covered = {row.device_class for row in parsed}
+        retire = sorted(
+            (
+                d
+                for d in existing.values()
+                if d.site_id == site_id
+                and d.device_class in covered
+                and d.mac not in listed
+                and d.status is not DeviceStatus.EXITED
+            ),
+            key=lambda d: d.mac,
+        )
+        result.retired = [d.mac for d in retire]
+    result.added = [row.mac for row in new_rows]
+    result.skipped.sort()
+    if dry_run:
+        return result
+    # A device with an open session before it was registered (seen as unknown) moves now.
+    with enforcement.watch(
+        session,
+        macs=[row.mac for row in new_rows],
+        device_ids=[d.id for d, _, _ in updates] + [d.id for d in retire],
+        reason="device import",
+    ):
+        for count, row in enumerate(new_rows, 1):
+            session.add(
+                Device(
+                    site_id=site_id,
+                    mac=row.mac,
+                    device_class=row.device_class,
+                    owner_id=row.owner.id if row.owner else None,
+                    asset_tag=row.values.get("asset_tag") or None,
+                    name=row.values.get("name") or None,
+                    status=default_status(row.device_class),
+                )
+            )
+            if progress is not None:
+                progress(count)
+        for device, wanted, differences in updates:
+            for attribute, value in wanted.items():
+                setattr(device, attribute, value)
+            audit.record(
+                session,
+                actor=actor,
+                tag=AuditTag.DEVICE_UPDATE,
+                subject=device.mac,
+                detail={"changes": differences, "source": "device import --sync"},
+            )
+        now = utcnow()
+        for device in retire:
+            previous = device.status
+            device.status = DeviceStatus.EXITED
+            device.status_reason = SYNC_EXIT_REASON
+            device.status_changed_at = now
+            device.needs_reassignment = False
+            audit.record(
+                session,
+                actor=actor,
+                tag=AuditTag.DEVICE_EXIT,
+                subject=device.mac,
+                detail={"from": previous.value, "to": "exited", "reason": SYNC_EXIT_REASON},
+            )
+        session.flush()
+    audit.record(
+        session,
+        actor=actor,
+        tag=AuditTag.DEVICE_IMPORT,
+        subject=site_code,
+        detail={
+            "added": len(result.added),
+            "changed": len(result.changed),
+            "retired": len(result.retired),
+            "unchanged": len(result.unchanged),
+            "skipped": result.skipped,
+            "sync": sync,
+        },
+    )
+    return result
+
+
+def _read_rows(
+    session: Session, text: str, default_class: DeviceClass, *, skip_bad_rows: bool
+) -> tuple[list[_Row], ImportResult]:
+    """The file's rows, checked: MAC, labels, class and owner. A bad row raises `Invalid`
+    naming its line, or is reported in the result with `skip_bad_rows`."""
     reader = csv.reader(io.StringIO(text))
     try:
         header = next(reader)
@@ -149,70 +299,76 @@ def import_devices(
         raise Invalid(f"CSV line 1: {exc}") from exc
     columns = _map_columns(header)
     result = ImportResult()
+    rows: list[_Row] = []
     seen: set[str] = set()
-    existing = set(session.scalars(select(Device.mac)))
-    rows: list[tuple[int, dict[str, str]]] = []
+    owners: dict[str, Person] = {}
     while True:
         try:
             values = next(reader)
         except StopIteration:
             break
         except csv.Error as exc:
-            line = reader.line_num
             if not skip_bad_rows:
-                raise Invalid(f"CSV line {line}: {exc}") from exc
-            result.skipped.append((line, str(exc)))
+                raise Invalid(f"CSV line {reader.line_num}: {exc}") from exc
+            result.skipped.append((reader.line_num, str(exc)))
             continue
         line = reader.line_num
         if not any(v.strip() for v in values):
             continue
-        rows.append(
-            (
-                line,
-                {key: values[i].strip() if i < len(values) else "" for key, i in columns.items()},
-            )
-        )
-    # A device with an open session before it was registered (seen as unknown) moves now.
-    with enforcement.watch(session, macs=_row_macs(rows), reason="device import"):
-        for count, (line, row) in enumerate(rows, 1):
-            try:
-                mac = registrable_mac(row["mac"])
-                _check_labels(asset_tag=row.get("asset_tag"), name=row.get("name"))
-                if mac in seen:
-                    raise Conflict(f"MAC {mac} appears twice in the file")
-                if mac in existing:
-                    raise Conflict(f"device {mac} is already registered")
-                cls = parse_class(row["class"]) if row.get("class") else default_class
-                owner = find_person(session, row["owner"]) if row.get("owner") else None
-                if cls is DeviceClass.STAFF_OWNED and owner is None:
-                    raise Invalid("a staff-owned device needs an owner")
-                device = Device(
-                    site_id=site_id,
-                    mac=mac,
-                    device_class=cls,
-                    owner_id=owner.id if owner else None,
-                    asset_tag=row.get("asset_tag") or None,
-                    name=row.get("name") or None,
-                    status=default_status(cls),
-                )
-                session.add(device)
-                seen.add(mac)
-                result.added.append(mac)
-            except (Invalid, Conflict, NotFound) as exc:
-                if not skip_bad_rows:
-                    raise type(exc)(f"CSV line {line}: {exc}") from exc
-                result.skipped.append((line, str(exc)))
-            if progress is not None:
-                progress(count)
-        session.flush()
-    audit.record(
-        session,
-        actor=actor,
-        tag=AuditTag.DEVICE_IMPORT,
-        subject=site_code,
-        detail={"added": len(result.added), "skipped": result.skipped},
-    )
-    return result
+        cells = {key: values[i].strip() if i < len(values) else "" for key, i in columns.items()}
+        try:
+            mac = registrable_mac(cells["mac"])
+            _check_labels(asset_tag=cells.get("asset_tag"), name=cells.get("name"))
+            if mac in seen:
+                raise Conflict(f"MAC {mac} appears twice in the file")
+            cls = parse_class(cells["class"]) if cells.get("class") else default_class
+            owner = None
+            if cells.get("owner"):
+                ref = cells["owner"]
+                owner = owners.get(ref) or find_person(session, ref)
+                owners[ref] = owner
+            if cls is DeviceClass.STAFF_OWNED and owner is None:
+                raise Invalid("a staff-owned device needs an owner")
+        except (Invalid, Conflict, NotFound) as exc:
+            if not skip_bad_rows:
+                raise type(exc)(f"CSV line {line}: {exc}") from exc
+            result.skipped.append((line, str(exc)))
+            continue
+        seen.add(mac)
+        rows.append(_Row(line=line, mac=mac, device_class=cls, owner=owner, values=cells))
+    return rows, result
+
+
+def _differences(device: Device, row: _Row) -> tuple[dict[str, Any], list[str]]:
+    """The attributes to set for the device to match its row (only the columns the file has;
+    an exited device listed is in use again), and each difference said as "registered ->
+    file"."""
+    wanted: dict[str, Any] = {}
+    said: list[str] = []
+    if "class" in row.values and row.device_class is not device.device_class:
+        wanted["device_class"] = row.device_class
+        said.append(f"class {device.device_class.value} -> {row.device_class.value}")
+    if "owner" in row.values:
+        owner_id = row.owner.id if row.owner else None
+        if owner_id != device.owner_id:
+            wanted["owner_id"] = owner_id
+            target = (row.owner.email or row.owner.username or row.owner.name) if row.owner else "-"
+            said.append(f"owner -> {target}")
+    if device.status is DeviceStatus.EXITED:
+        # Back in the school's MDM after an exit: in use again (revoked and lost devices
+        # stay as IT left them: someone decided that).
+        wanted["status"] = default_status(row.device_class)
+        wanted["status_reason"] = None
+        wanted["status_changed_at"] = utcnow()
+        said.append(f"status exited -> {wanted['status'].value}")
+    for key, attribute in (("asset_tag", "asset_tag"), ("name", "name")):
+        if key in row.values:
+            value = row.values[key] or None
+            current = getattr(device, attribute)
+            if value != current:
+                wanted[attribute] = value
+                said.append(f"{key.replace('_', ' ')} {current or '-'} -> {value or '-'}")
+    return wanted, said
 
 
 def _check_labels(*, asset_tag: str | None, name: str | None) -> None:
@@ -222,15 +378,6 @@ def _check_labels(*, asset_tag: str | None, name: str | None) -> None:
         check_text(asset_tag, field="the asset tag")
     if name:
         check_text(name, field="the device name")
-
-
-def _row_macs(rows: list[tuple[int, dict[str, str]]]) -> list[str]:
-    """The well-formed MACs of an import, for the CoA watch (bad rows are reported later)."""
-    macs = []
-    for _line, row in rows:
-        with contextlib.suppress(Invalid):
-            macs.append(normalize_mac(row["mac"]))
-    return macs
 
 
 def _map_columns(header: list[str]) -> dict[str, int]:
@@ -565,3 +712,56 @@ def device_record(*, session: Session, mac: str) -> DeviceRecord:
         exceptions=tuple(exceptions),
         incidents=tuple(incidents),
     )
+
+
+def find_devices(*, session: Session, ref: str) -> list[DeviceSummary]:
+    """The devices `ref` names: a MAC (any common form), else an asset tag, else an owner's
+    email, username or name. Several when an owner has several devices; none when nothing
+    matches."""
+    ref = ref.strip()
+    try:
+        mac = normalize_mac(ref)
+    except Invalid:
+        mac = None
+    if mac is not None:
+        return list_devices(session=session, mac=mac)
+    return list_devices(session=session, asset_tag=ref) or list_devices(session=session, owner=ref)
+
+
+def record_dpo_notified(
+    *, session: Session, incident_id: int, notified_at: datetime, actor: str
+) -> Incident:
+    """Record when the DPO was told of an incident, after the fact (seed 001); audited. A time
+    without an offset is the device's site's local time. A time already recorded is
+    corrected, and the audit entry keeps the previous one."""
+    incident = session.get(Incident, incident_id)
+    if incident is None:
+        raise NotFound(f"no incident {incident_id}")
+    device = session.get(Device, incident.device_id)
+    if notified_at.tzinfo is None:
+        zone = site_timezone(session=session, site_id=device.site_id) if device else "UTC"
+        notified_at = notified_at.replace(tzinfo=ZoneInfo(zone))
+    notified_at = notified_at.astimezone(UTC)
+    if notified_at < incident.reported_at.replace(microsecond=0):
+        raise Invalid(
+            f"the DPO cannot have been told before the incident was reported "
+            f"({iso(incident.reported_at)})"
+        )
+    if notified_at > utcnow():
+        raise Invalid("the DPO notification time is in the future")
+    previous = incident.dpo_notified_at
+    incident.dpo_notified_at = notified_at
+    session.flush()
+    audit.record(
+        session,
+        actor=actor,
+        tag=AuditTag.INCIDENT_UPDATE,
+        subject=device.mac if device else str(incident.id),
+        detail={
+            "incident": incident.id,
+            "dpo_notified_at": iso(notified_at),
+            "previous": iso(previous),
+        },
+        changes_decisions=False,
+    )
+    return incident

@@ -1,7 +1,9 @@
 """`schoolgate export NAME`: stable, documented tables for the IT lead, the DSL and the DPO.
 
 Each exporter yields plain dicts with a fixed key order (like Zeek's logs: one field list per
-record type, times in ISO 8601 UTC). Areas add their own through a module-level `EXPORTS`,
+record type, times in ISO 8601 UTC). `write_rows` writes the times in the site's time zone
+with its offset (`2026-11-23T10:00:00+00:00`, `2026-06-01T09:00:00+01:00`), or in UTC when
+asked (`export --utc`). Areas add their own through a module-level `EXPORTS`,
 which this registry imports; the areas import only `service.export_types` (no cycle).
 """
 
@@ -9,8 +11,11 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, tzinfo
 from typing import IO, Any, TypeVar
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, aliased
@@ -31,6 +36,7 @@ from service.models import (
     Site,
 )
 from service.monitor import exports as monitor_exports
+from service.sites import list_sites
 from service.text import json_visible, spreadsheet_cell
 
 # ExportQuery, Exporter and iso are named here too, for the commands that export.
@@ -46,6 +52,7 @@ __all__ = [
     "export_incidents",
     "export_sessions",
     "export_signatures",
+    "export_zones",
     "iso",
     "write_rows",
 ]
@@ -237,8 +244,47 @@ def all_exporters() -> dict[str, Exporter]:
     return {**CORE_EXPORTS, **enforcement.EXPORTS, **monitor_exports.EXPORTS}
 
 
-def write_rows(rows: Iterable[dict[str, Any]], out: IO[str], fmt: str) -> int:
+ZoneFor = Callable[[dict[str, Any]], tzinfo | None]
+# What `iso()` writes for a UTC time: the times `write_rows` moves to the site's zone.
+_UTC_ISO = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?\+00:00")
+
+
+def export_zones(*, session: Session, site: str | None = None) -> ZoneFor:
+    """The time zone each exported row's times are written in: that of the row's `site`,
+    else of the site asked for (`--site`), else the one zone all sites share, else UTC."""
+    zones = {s.code: ZoneInfo(s.timezone) for s in list_sites(session=session)}
+    fallback: tzinfo | None = None
+    if site and site in zones:
+        fallback = zones[site]
+    elif len({str(z) for z in zones.values()}) == 1:
+        fallback = next(iter(zones.values()))
+
+    def zone_for(row: dict[str, Any]) -> tzinfo | None:
+        code = row.get("site")
+        return zones.get(code, fallback) if isinstance(code, str) else fallback
+
+    return zone_for
+
+
+def _localised(row: dict[str, Any], zone: tzinfo | None) -> dict[str, Any]:
+    if zone is None:
+        return row
+    out = dict(row)
+    for key, value in row.items():
+        if isinstance(value, datetime) and value.tzinfo is not None:
+            out[key] = value.astimezone(zone).isoformat(timespec="seconds")
+        elif isinstance(value, str) and _UTC_ISO.fullmatch(value):
+            out[key] = datetime.fromisoformat(value).astimezone(zone).isoformat()
+    return out
+
+
+def write_rows(
+    rows: Iterable[dict[str, Any]], out: IO[str], fmt: str, *, zone_for: ZoneFor | None = None
+) -> int:
     """Write rows as CSV (header from the first row) or JSON Lines; returns the count.
+
+    `zone_for` (`export_zones`): the time zone a row's times are written in, with their offset
+    (a time is a value as `iso()` writes it in UTC); None keeps UTC.
 
     CSV is for a spreadsheet, so each text cell passes through `spreadsheet_cell`: a cell
     starting with `=`, `+`, `-`, `@`, tab or carriage return gets a leading `'` (OWASP's
@@ -246,6 +292,8 @@ def write_rows(rows: Iterable[dict[str, Any]], out: IO[str], fmt: str) -> int:
     (`\\x1b`). JSON Lines keep the data exact; the control characters `json.dumps` leaves
     raw are written as `\\uXXXX` escapes.
     """
+    if zone_for is not None:
+        rows = (_localised(row, zone_for(row)) for row in rows)
     count = 0
     if fmt == "jsonl":
         for row in rows:

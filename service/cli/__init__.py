@@ -7,10 +7,10 @@ from importlib import import_module
 from typing import Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 from service.cli.common import CliState, argument_problem, default_actor, err_console
-from service.config import load_settings
+from service.config import database_url_from, load_settings
 from service.errors import SchoolgateError
 
 # Each area adds its commands with register(app). Its module is imported when one of its
@@ -37,6 +37,8 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "monitor": ("service.cli.monitor",),
     "serve": ("service.cli.serve",),
     "visitor": ("service.cli.visitor",),
+    "who": ("service.cli.day",),
+    "incident": ("service.cli.day",),
 }
 
 
@@ -66,6 +68,18 @@ class _Areas(TyperGroup):
 _loaded: set[str] = set()
 
 
+def _flag_type(self: TyperOption, ctx: Any) -> str | None:
+    """Help shows `<str>`, `<path>`... for options that take a value, nothing for a flag
+    (Typer would show `<bool>` beside every `--json`)."""
+    if self.is_flag:
+        return None
+    return _typer_type(self, ctx)
+
+
+_typer_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
+
+
 app = typer.Typer(
     name="schoolgate",
     help="Network access control for schools, from the school's own mobile-device policy.",
@@ -83,7 +97,8 @@ def root(
         None,
         "--database-url",
         envvar="SCHOOLGATE_DATABASE_URL",
-        help="SQLAlchemy URL; default a SQLite file schoolgate.db in the working directory.",
+        help="SQLAlchemy URL, or the path of a SQLite file; default schoolgate.db in the "
+        "working directory.",
     ),
     config: str | None = typer.Option(
         None, "--config", envvar="SCHOOLGATE_CONFIG", help="Optional TOML settings file."
@@ -95,6 +110,8 @@ def root(
         help="Who is making the change, for the audit log (default: your login name).",
     ),
 ) -> None:
+    if database_url is not None:
+        database_url = database_url_from(database_url)
     settings = load_settings(config, database_url=database_url)
     state = CliState(settings=settings, actor=actor or default_actor())
     state.after_commit_hooks.append(_flush_queued_coa)

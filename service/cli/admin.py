@@ -14,6 +14,7 @@ from service import db as dbmod
 from service.cli.common import (
     CliState,
     JsonOption,
+    WideOption,
     console,
     fail,
     get_state,
@@ -132,6 +133,7 @@ def policy_show(
     site: str = typer.Argument(..., help="Site code."),
     as_json: bool = JsonOption,
     raw: bool = typer.Option(False, "--raw", help="Print the TOML as loaded."),
+    wide: bool = WideOption,
 ) -> None:
     """Show the policy in force at a site: the matrix, locations and rules."""
     state = get_state(ctx)
@@ -183,14 +185,25 @@ def policy_show(
             f"time zone {policy.timezone}",
         )
     )
-    print_rows(access, ["class", "access", "vlan"], False, title="Access by device class")
-    print_rows(locations, ["location", "matches"], False, title="Locations", empty="no locations")
+    print_rows(
+        access, ["class", "access", "vlan"], False, title="Access by device class", wide=wide
+    )
+    print_rows(
+        locations,
+        ["location", "matches"],
+        False,
+        title="Locations",
+        empty="no locations",
+        wide=wide,
+    )
     print_rows(
         rules,
         ["name", "classes", "days", "between", "locations", "except_locations", "access"],
         False,
         title="Rules (they only narrow access)",
         empty="no narrowing rules",
+        wide=wide,
+        drop_order=["except_locations", "locations", "days", "classes"],
     )
 
 
@@ -289,7 +302,7 @@ def nas_add(
         None, "--secret-file", help="Read the shared secret from this file (its first line)."
     ),
     vendor: str = typer.Option(
-        "generic", "--vendor", help="generic|cisco|aruba|unifi|meraki|ruckus"
+        "generic", "--vendor", help="generic, cisco, aruba, unifi, meraki, ruckus"
     ),
     coa_port: int = typer.Option(3799, "--coa-port"),
     allow_missing_message_authenticator: bool = typer.Option(
@@ -351,7 +364,7 @@ def _nas_secret(secret: str | None, secret_file: Path | None) -> str:
 
 
 @nas_app.command("list")
-def nas_list(ctx: typer.Context, as_json: bool = JsonOption) -> None:
+def nas_list(ctx: typer.Context, wide: bool = WideOption, as_json: bool = JsonOption) -> None:
     """List NAS clients (secrets are not shown)."""
     state = get_state(ctx)
     with state.reading() as session:
@@ -373,4 +386,5 @@ def nas_list(ctx: typer.Context, as_json: bool = JsonOption) -> None:
         ["site", "name", "address", "vendor", "coa_port", "message_authenticator"],
         as_json,
         empty="no NAS clients yet: schoolgate nas add ...",
+        wide=wide,
     )

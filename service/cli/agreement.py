@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
 @agreement_app.command("publish")
 def agreement_publish(
     ctx: typer.Context,
-    kind: str = typer.Argument(..., help="visitor_aua|staff_byod"),
+    kind: str = typer.Argument(..., help="visitor_aua, staff_byod"),
     file: Path = typer.Argument(..., help="The agreement's text (plain text or Markdown)."),
     site: str | None = typer.Option(
         None, "--site", help="Only for this site (default: trust-wide)."
@@ -92,7 +92,7 @@ def agreement_list(ctx: typer.Context, as_json: bool = JsonOption) -> None:
 def agreement_sign(
     ctx: typer.Context,
     person: str = typer.Option(..., "--person", help="Email, username or id of the signer."),
-    kind: str = typer.Option(..., "--kind", help="visitor_aua|staff_byod"),
+    kind: str = typer.Option(..., "--kind", help="visitor_aua, staff_byod"),
     device: str | None = typer.Option(None, "--device", help="MAC of the device it covers."),
     signed_at: str | None = typer.Option(
         None, "--signed-at", help="When the paper/form was signed (ISO 8601; default now)."
@@ -135,7 +135,7 @@ def agreement_sign(
 def exception_grant(
     ctx: typer.Context,
     mac: str = typer.Argument(...),
-    access: str = typer.Option(..., "--access", help="full|segregated|internet"),
+    access: str = typer.Option(..., "--access", help="full, segregated, internet"),
     reason: str = typer.Option(..., "--reason"),
     approved_by: str = typer.Option(..., "--approved-by", help="Who decided (e.g. headteacher)."),
     until: str | None = typer.Option(None, "--until", help="ISO 8601 expiry (site-local)."),

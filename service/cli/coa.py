@@ -9,7 +9,15 @@ import signal
 import typer
 
 from service import enforcement
-from service.cli.common import CliState, JsonOption, console, fail, get_state, print_rows
+from service.cli.common import (
+    CliState,
+    JsonOption,
+    WideOption,
+    console,
+    fail,
+    get_state,
+    print_rows,
+)
 from service.cli.device import device_app
 from service.errors import SchoolgateError
 
@@ -28,6 +36,8 @@ COLUMNS = [
     "reason",
     "detail",
 ]
+# What `coa list` leaves out first at 80 columns (--wide shows all).
+COA_DROP = ["detail", "change", "error_cause", "attempts", "nas_ip", "created_at", "kind"]
 
 
 FLUSH_DEADLINE_SECONDS = 2.0
@@ -55,10 +65,11 @@ def coa_list(
     ctx: typer.Context,
     mac: str | None = typer.Option(None, "--mac", help="Only this device."),
     state_filter: str | None = typer.Option(
-        None, "--state", help="queued|sent|ack|nak|timeout|fallback|failed"
+        None, "--state", help="queued, sent, ack, nak, timeout, fallback, failed"
     ),
     limit: int = typer.Option(50, "--limit", min=1),
     history: bool = typer.Option(False, "--history", help="Show every transition."),
+    wide: bool = WideOption,
     as_json: bool = JsonOption,
 ) -> None:
     """The latest requests and their state: why a device did (not) move."""
@@ -81,7 +92,7 @@ def coa_list(
                     f"  {step['at']}  {step['state']:<8} {step['detail']}", highlight=False
                 )
         return
-    print_rows(rows, COLUMNS, as_json, empty="no CoA requests")
+    print_rows(rows, COLUMNS, as_json, empty="no CoA requests", wide=wide, drop_order=COA_DROP)
 
 
 @coa_app.command("run")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from zoneinfo import ZoneInfo
 
 import typer
+from rich.cells import cell_len
 from rich.console import Console, HighlighterType, JustifyMethod, OverflowMethod
 from rich.style import Style
 from rich.table import Table
@@ -185,6 +186,11 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json_visible(text) + "\n")
 
 
+WideOption = typer.Option(False, "--wide", help="Show every column, however wide.")
+WHOLE_TOKEN = 40  # a cell without spaces up to this long (a MAC, a time, an email) stays whole
+WRAPPED_MIN = 12  # a column of text with spaces may wrap down to this, or its longest word
+
+
 def print_rows(
     rows: Sequence[dict[str, Any]],
     columns: Sequence[str],
@@ -192,19 +198,57 @@ def print_rows(
     *,
     title: str | None = None,
     empty: str = "nothing to show",
+    wide: bool = False,
+    drop_order: Sequence[str] | None = None,
 ) -> None:
+    """A table, or JSON. A table fits the terminal by leaving out columns, in `drop_order`
+    (default: from the last), and by wrapping text at spaces, never by splitting a MAC, a time
+    or an address over lines; it says which columns it left out. `wide`: every column. JSON
+    always has every key."""
     if as_json:
         print_json(list(rows))
         return
     if not rows:
         console.print(empty, highlight=False)
         return
+    cells = {c: ["" if r.get(c) is None else visible(str(r.get(c))) for r in rows] for c in columns}
+    shown = list(columns)
+    if not wide:
+        order = list(drop_order) if drop_order is not None else list(reversed(columns[1:]))
+        for column in order:
+            if 1 + sum(_least_width(c, cells[c]) + 3 for c in shown) <= console.width:
+                break
+            if column in shown and len(shown) > 2:
+                shown.remove(column)
     table = Table(title=title, show_lines=False)
-    for column in columns:
-        table.add_column(column.replace("_", " "), overflow="fold")
-    for row in rows:
-        table.add_row(*["" if row.get(c) is None else str(row.get(c)) for c in columns])
-    console.print(table)
+    for column in shown:
+        table.add_column(column.replace("_", " "), overflow="fold", no_wrap=_whole(cells[column]))
+    for i in range(len(rows)):
+        table.add_row(*[cells[c][i] for c in shown])
+    if wide:  # as wide as the cells need, even past the terminal's edge
+        natural = 1 + sum(max([cell_len(c), *map(cell_len, cells[c])]) + 3 for c in shown)
+        PlainConsole(width=max(console.width, natural)).print(table)
+    else:
+        console.print(table)
+    hidden = [c.replace("_", " ") for c in columns if c not in shown]
+    if hidden:
+        console.print(f"(not shown: {', '.join(hidden)}; --wide shows them)", highlight=False)
+
+
+def _whole(values: Sequence[str]) -> bool:
+    """A column of single tokens (MACs, times, addresses): its cells are never split."""
+    return all(" " not in v and cell_len(v) <= WHOLE_TOKEN for v in values)
+
+
+def _least_width(column: str, values: Sequence[str]) -> int:
+    """How narrow a column can be: its widest cell and header if it is kept whole, else its
+    longest word (or WRAPPED_MIN), and at least its header's longest word."""
+    widest = max(cell_len(v) for v in values)
+    if _whole(values):
+        return max(cell_len(column), widest)
+    header = max(cell_len(word) for word in column.split("_"))
+    longest_word = max((cell_len(w) for v in values for w in v.split()), default=0)
+    return max(header, min(widest, max(longest_word, WRAPPED_MIN)))
 
 
 def parse_when(value: str | None, tz_name: str = "Europe/London") -> datetime | None:

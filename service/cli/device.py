@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from service import devices, registry
-from service.cli.common import JsonOption, console, fail, get_state, print_json, print_rows
+from service.cli.common import (
+    JsonOption,
+    WideOption,
+    console,
+    err_console,
+    fail,
+    get_state,
+    print_json,
+    print_rows,
+)
 from service.enums import IncidentKind
-from service.errors import Invalid
+from service.errors import Invalid, NotFound
+
+if TYPE_CHECKING:
+    from service.db import Session
 
 device_app = typer.Typer(help="The device register.", no_args_is_help=True)
 PROGRESS_THRESHOLD = 500  # rows; smaller imports finish before a bar is worth drawing
@@ -28,7 +42,7 @@ def device_add(
     device_class: str = typer.Option(
         ...,
         "--class",
-        help="school_single|school_shared|authorised|staff_owned|learner_owned|visitor_owned",
+        help="school_single, school_shared, authorised, staff_owned, learner_owned, visitor_owned",
     ),
     owner: str | None = typer.Option(None, "--owner", help="Owner's email or username."),
     asset_tag: str | None = typer.Option(None, "--asset-tag"),
@@ -64,9 +78,20 @@ def device_import(
     skip_bad_rows: bool = typer.Option(
         False, "--skip-bad-rows", help="Store the good rows and report each bad one."
     ),
+    sync: bool = typer.Option(
+        False,
+        "--sync",
+        help="The file is the truth for the site's devices of the classes it lists: apply "
+        "changed rows, put devices missing from it through the exit process.",
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Show what the import would change; change nothing."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
-    """Import an MDM asset list (MAC, class, asset tag, owner email). All or nothing."""
+    """Import an MDM asset list (MAC, class, asset tag, owner email). Rows already registered
+    as the file says are left alone; a malformed row, or one that differs from the register
+    (without --sync), stops the import and nothing is stored."""
     state = get_state(ctx)
     try:
         text = file.read_text(encoding="utf-8-sig")
@@ -77,7 +102,7 @@ def device_import(
     total = max(0, text.count("\n") - 1)
     cls = registry.parse_class(default_class)
     with state.transaction() as session:
-        if total >= PROGRESS_THRESHOLD and not as_json:
+        if total >= PROGRESS_THRESHOLD and not as_json and not dry_run:
             with Progress(
                 TextColumn("importing"),
                 BarColumn(),
@@ -92,8 +117,10 @@ def device_import(
                     site_code=site,
                     actor=state.actor,
                     default_class=cls,
-                    skip_bad_rows=skip_bad_rows,
                     progress=lambda n: bar.update(task, completed=n),
+                    skip_bad_rows=skip_bad_rows,
+                    sync=sync,
+                    dry_run=dry_run,
                 )
         else:
             result = registry.import_devices(
@@ -103,16 +130,44 @@ def device_import(
                 actor=state.actor,
                 default_class=cls,
                 skip_bad_rows=skip_bad_rows,
+                sync=sync,
+                dry_run=dry_run,
             )
     if as_json:
-        print_json(
-            {
-                "added": len(result.added),
-                "skipped": [{"line": line, "problem": p} for line, p in result.skipped],
-            }
-        )
+        data: dict[str, object] = {
+            "added": len(result.added),
+            "skipped": [{"line": line, "problem": p} for line, p in result.skipped],
+        }
+        if sync or dry_run or result.unchanged:
+            data.update(
+                {
+                    "dry_run": dry_run,
+                    "added_macs": result.added,
+                    "changed": [{"mac": m, "changes": c} for m, c in result.changed],
+                    "retired": result.retired,
+                    "unchanged": len(result.unchanged),
+                }
+            )
+        print_json(data)
         return
-    console.print(f"imported {len(result.added)} device(s) into {site}", highlight=False)
+    if dry_run:
+        said = ["would add", "would change", "would retire"]
+    else:
+        said = ["added", "changed", "retired"]
+    summary = f"{'dry run: ' if dry_run else ''}{site}: {said[0]} {len(result.added)}"
+    if sync:
+        summary += f", {said[1]} {len(result.changed)}, {said[2]} {len(result.retired)}"
+    summary += f", {len(result.unchanged)} already registered as in the file"
+    if not dry_run and not sync and not result.unchanged:
+        summary = f"imported {len(result.added)} device(s) into {site}"
+    console.print(summary, highlight=False)
+    if dry_run or sync:
+        for mac in result.added:
+            console.print(f"  + {mac}", highlight=False)
+        for mac, changes in result.changed:
+            console.print(f"  ~ {mac}: {'; '.join(changes)}", highlight=False)
+        for mac in result.retired:
+            console.print(f"  - {mac} (exit process)", highlight=False)
     for line, problem in result.skipped:
         console.print(f"  skipped line {line}: {problem}", highlight=False)
 
@@ -121,8 +176,11 @@ def device_import(
 def device_list(
     ctx: typer.Context,
     site: str | None = typer.Option(None, "--site"),
-    status: str | None = typer.Option(None, "--status", help="pending|active|revoked|lost|exited"),
+    status: str | None = typer.Option(
+        None, "--status", help="pending, active, revoked, lost, exited"
+    ),
     device_class: str | None = typer.Option(None, "--class"),
+    wide: bool = WideOption,
     as_json: bool = JsonOption,
 ) -> None:
     """List devices (pending ones are waiting for approval)."""
@@ -151,18 +209,24 @@ def device_list(
         ],
         as_json,
         empty="no devices",
+        wide=wide,
+        drop_order=["needs_reassignment", "name", "site", "asset_tag", "owner", "device_class"],
     )
 
 
 @device_app.command("show")
 def device_show(
     ctx: typer.Context,
-    mac: str = typer.Argument(...),
+    ref: str = typer.Argument(
+        ..., metavar="DEVICE", help="MAC address, asset tag, or owner's email or username."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
-    """Everything known about one device: owner, status, signatures, exceptions, incidents."""
+    """Everything known about one device: owner, status, signatures, exceptions, incidents.
+    When an owner has several devices they are listed to choose from."""
     state = get_state(ctx)
     with state.reading() as session:
+        mac = _choose_device(session, ref)
         record = devices.device_record(session=session, mac=mac)
         device, owner = record.device, record.owner
         signatures = [
@@ -190,9 +254,13 @@ def device_show(
         ]
         incidents = [
             {
+                "id": i.id,
                 "kind": i.kind.value,
                 "reported_by": i.reported_by,
                 "reported_at": i.reported_at.isoformat(timespec="seconds"),
+                "dpo_notified_at": i.dpo_notified_at.isoformat(timespec="seconds")
+                if i.dpo_notified_at
+                else None,
             }
             for i in record.incidents
         ]
@@ -254,10 +322,34 @@ def device_show(
         )
     for incident in incidents:
         console.print(
-            f"{'incident':>18}: {incident['kind']} reported by "
-            f"{incident['reported_by']} at {incident['reported_at']}",
+            f"{'incident':>18}: {incident['id']}, {incident['kind']} reported by "
+            f"{incident['reported_by']} at {incident['reported_at']}; DPO told "
+            f"{incident['dpo_notified_at'] or 'not yet'}",
             highlight=False,
         )
+
+
+def _choose_device(session: Session, ref: str) -> str:
+    """The MAC of the one device `ref` names; several are listed, and on a terminal the user
+    picks one by number, else it is an error asking for the MAC."""
+    found = devices.find_devices(session=session, ref=ref)
+    if not found:
+        raise NotFound(f"no device with MAC, asset tag or owner {ref!r}")
+    if len(found) == 1:
+        return found[0].mac
+    err_console.print(f"{len(found)} devices match {ref!r}:", highlight=False)
+    for number, device in enumerate(found, 1):
+        err_console.print(
+            f"  {number}. {device.mac}  {device.device_class.value}  {device.status.value}"
+            f"  {device.asset_tag or ''}  {device.name or ''}".rstrip(),
+            highlight=False,
+        )
+    if not sys.stdin.isatty():
+        fail("several devices match: give the MAC of one")
+    choice: int = typer.prompt("Which one (number)", type=int, err=True)
+    if not 1 <= choice <= len(found):
+        fail(f"no device number {choice}")
+    return found[choice - 1].mac
 
 
 @device_app.command("approve")
@@ -301,7 +393,7 @@ def device_lost(
     ctx: typer.Context,
     mac: str = typer.Argument(...),
     reported_by: str = typer.Option(..., "--reported-by"),
-    kind: str = typer.Option("lost", "--kind", help="lost|stolen|compromised"),
+    kind: str = typer.Option("lost", "--kind", help="lost, stolen, compromised"),
     description: str | None = typer.Option(None, "--description"),
     dpo_notified: bool = typer.Option(
         False, "--dpo-notified", help="The DPO has been told (seed 001)."

@@ -9,7 +9,7 @@ import typer
 
 from service import audit
 from service.cli.common import console, fail, get_state, parse_when
-from service.exports import ExportQuery, all_exporters, write_rows
+from service.exports import ExportQuery, all_exporters, export_zones, write_rows
 
 audit_app = typer.Typer(help="The keyed, hash-chained audit log.", no_args_is_help=True)
 
@@ -24,16 +24,20 @@ def export(
     ctx: typer.Context,
     name: str = typer.Argument(
         ...,
-        help="devices|decisions|sessions|signatures|incidents|"
-        "exceptions|audit|coa|traffic|dns|alerts|...",
+        help="devices, decisions, sessions, signatures, incidents, exceptions, audit, coa, "
+        "traffic, dns, visits, dhcp, alerts.",
     ),
-    fmt: str = typer.Option("csv", "--format", help="csv|jsonl"),
+    fmt: str = typer.Option("csv", "--format", help="csv or jsonl"),
     since: str | None = typer.Option(None, "--since", help="ISO 8601 (site-local if no offset)"),
     until: str | None = typer.Option(None, "--until"),
     site: str | None = typer.Option(None, "--site"),
     output: Path | None = typer.Option(None, "-o", "--output", help="File (default stdout)."),
+    utc: bool = typer.Option(
+        False, "--utc", help="Write times in UTC (default: the site's time zone, with offset)."
+    ),
 ) -> None:
-    """Export a table for the IT lead, the DSL or the DPO."""
+    """Export a table for the IT lead, the DSL or the DPO. Times are ISO 8601 in the site's
+    time zone with its offset (e.g. 2026-06-01T09:00:00+01:00), or UTC with --utc."""
     state = get_state(ctx)
     exporters = all_exporters()
     if name not in exporters:
@@ -42,13 +46,14 @@ def export(
         fail(f"unknown format {fmt!r} (csv or jsonl)")
     query = ExportQuery(since=parse_when(since), until=parse_when(until), site=site)
     with state.reading() as session:
+        zone_for = None if utc else export_zones(session=session, site=site)
         if output is None:
-            write_rows(exporters[name](session, query), sys.stdout, fmt)
+            write_rows(exporters[name](session, query), sys.stdout, fmt, zone_for=zone_for)
             return
         tmp = output.with_name(output.name + ".part")
         try:
             with tmp.open("w", encoding="utf-8", newline="") as handle:
-                count = write_rows(exporters[name](session, query), handle, fmt)
+                count = write_rows(exporters[name](session, query), handle, fmt, zone_for=zone_for)
             tmp.replace(output)  # never leave a half-written export behind
         except OSError as exc:
             tmp.unlink(missing_ok=True)

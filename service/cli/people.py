@@ -1,13 +1,22 @@
-"""`person` commands: add, list, leave (the exit process), set-password."""
+"""`person` commands: add, import, list, leave (the exit process), set-password."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import typer
 
 from service import people, registry
-from service.cli.common import JsonOption, console, fail, get_state, print_rows
+from service.cli.common import (
+    JsonOption,
+    WideOption,
+    console,
+    fail,
+    get_state,
+    print_json,
+    print_rows,
+)
 
 person_app = typer.Typer(help="Staff, pupils, visitors and others.", no_args_is_help=True)
 
@@ -21,7 +30,7 @@ def person_add(
     ctx: typer.Context,
     site: str = typer.Option(..., "--site"),
     role: str = typer.Option(
-        ..., "--role", help="staff|learner|visitor|contractor|governor|volunteer"
+        ..., "--role", help="staff, learner, visitor, contractor, governor, volunteer"
     ),
     name: str = typer.Option(..., "--name"),
     email: str | None = typer.Option(None, "--email"),
@@ -44,12 +53,74 @@ def person_add(
         console.print(f"added {person.role.value} {person.name} (id {person.id})", highlight=False)
 
 
+@person_app.command("import")
+def person_import(
+    ctx: typer.Context,
+    file: Path = typer.Argument(
+        ..., help="MIS export: CSV with the columns name, role, email, username, year."
+    ),
+    site: str = typer.Option(..., "--site"),
+    sync: bool = typer.Option(
+        False,
+        "--sync",
+        help="The file is the truth for the site's people in the roles it lists: apply "
+        "changed rows; people missing from it go through the exit process (person leave).",
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Show what the import would change; change nothing."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Import people from the school's MIS export. Importing the same file again changes
+    nothing; a malformed or conflicting row (without --sync) stops it and nothing is stored."""
+    state = get_state(ctx)
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror}")
+    except UnicodeDecodeError:
+        fail(f"{file}: not UTF-8 text (save the CSV as UTF-8)")
+    with state.transaction() as session:
+        result = people.import_people(
+            session=session,
+            text=text,
+            site_code=site,
+            actor=state.actor,
+            sync=sync,
+            dry_run=dry_run,
+        )
+    if as_json:
+        print_json(
+            {
+                "dry_run": dry_run,
+                "added": result.added,
+                "changed": [{"person": p, "changes": c} for p, c in result.changed],
+                "left": result.left,
+                "unchanged": len(result.unchanged),
+            }
+        )
+        return
+    said = ["would add", "would change", "would leave"] if dry_run else ["added", "changed", "left"]
+    summary = f"{'dry run: ' if dry_run else ''}{site}: {said[0]} {len(result.added)}"
+    if sync:
+        summary += f", {said[1]} {len(result.changed)}, {len(result.left)} {said[2]}"
+    summary += f", {len(result.unchanged)} already as in the file"
+    console.print(summary, highlight=False)
+    for ref in result.added:
+        console.print(f"  + {ref}", highlight=False)
+    for ref, changes in result.changed:
+        console.print(f"  ~ {ref}: {'; '.join(changes)}", highlight=False)
+    for ref in result.left:
+        console.print(f"  - {ref} (exit process)", highlight=False)
+
+
 @person_app.command("list")
 def person_list(
     ctx: typer.Context,
     site: str | None = typer.Option(None, "--site"),
     role: str | None = typer.Option(None, "--role"),
     include_left: bool = typer.Option(False, "--include-left", help="Also people who left."),
+    wide: bool = WideOption,
     as_json: bool = JsonOption,
 ) -> None:
     """List people."""
@@ -76,6 +147,8 @@ def person_list(
         ["id", "site", "role", "name", "email", "username", "year", "status"],
         as_json,
         empty="no people",
+        wide=wide,
+        drop_order=["site", "status", "year", "username", "id", "role"],
     )
 
 
@@ -92,8 +165,6 @@ def person_leave(
         result = registry.leave_person(session, person=found, actor=state.actor)
         name = found.name
     if as_json:
-        from service.cli.common import print_json
-
         print_json({"person": name, **result})
         return
     console.print(
