@@ -157,6 +157,14 @@ def running_portal(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     loopback; the school's unregistered device is at 127.0.0.1 (as accounting would say)."""
     ok(schoolgate(tmp_path, "db", "upgrade"))
     ok(schoolgate(tmp_path, "demo"))
+    # Westgate gives staff devices no network, so the portal refuses every staff registration
+    # there; the control below needs a school that admits them (St Andrew's way: internet).
+    policy = tmp_path / "westgate-staff-internet.toml"
+    westgate = Path(__file__).resolve().parents[2] / "deploy/policies/westgate.toml"
+    text = westgate.read_text()
+    assert 'staff_owned = "none"' in text
+    policy.write_text(text.replace('staff_owned = "none"', 'staff_owned = "internet"', 1))
+    ok(schoolgate(tmp_path, "policy", "load", str(policy)))
     url = f"sqlite:///{tmp_path / 'schoolgate.db'}"
     engine = make_engine(url)
     with transaction(make_session_factory(engine)) as session:
