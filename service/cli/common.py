@@ -72,6 +72,10 @@ console = PlainConsole(width=_width())
 err_console = PlainConsole(stderr=True)
 
 JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table.")
+# `--dry-run` of the imports: what would change, changing nothing.
+DryRunOption = typer.Option(
+    False, "--dry-run", help="Show what the import would change; change nothing."
+)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from service import devices, registry
 from service.cli.common import (
+    DryRunOption,
     JsonOption,
     WideOption,
     console,
@@ -84,9 +85,7 @@ def device_import(
         help="The file is the truth for the site's devices of the classes it lists: apply "
         "changed rows, put devices missing from it through the exit process.",
     ),
-    dry_run: bool = typer.Option(
-        False, "--dry-run", help="Show what the import would change; change nothing."
-    ),
+    dry_run: bool = DryRunOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Import an MDM asset list (MAC, class, asset tag, owner email). Rows already registered

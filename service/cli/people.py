@@ -9,6 +9,7 @@ import typer
 
 from service import people, registry
 from service.cli.common import (
+    DryRunOption,
     JsonOption,
     WideOption,
     console,
@@ -66,9 +67,7 @@ def person_import(
         help="The file is the truth for the site's people in the roles it lists: apply "
         "changed rows; people missing from it go through the exit process (person leave).",
     ),
-    dry_run: bool = typer.Option(
-        False, "--dry-run", help="Show what the import would change; change nothing."
-    ),
+    dry_run: bool = DryRunOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Import people from the school's MIS export. Importing the same file again changes
