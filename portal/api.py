@@ -261,7 +261,3 @@ def list_sessions(
         }
         for row in clients.list_sessions(session=session, open_only=open_only)
     ]
-
-
-def not_found_json(_: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=404)
