@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -68,6 +68,15 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def dedicated_connection(engine: Engine) -> Connection:
+    """A connection of its own, in autocommit, outside the pool: closing it closes the
+    database session (and drops what the session holds, e.g. an advisory lock), and no other
+    user is ever handed it (service/enforcement/leader.py)."""
+    conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    conn.detach()
+    return conn
 
 
 def describe_database_error(exc: SQLAlchemyError) -> str:

@@ -4,6 +4,7 @@ sends queued CoA / Disconnect requests as soon as a command commits."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 
 import typer
@@ -16,6 +17,7 @@ from service.cli.common import (
     console,
     fail,
     get_state,
+    print_json,
     print_rows,
 )
 from service.cli.device import device_app
@@ -95,6 +97,25 @@ def coa_list(
     print_rows(rows, COLUMNS, as_json, empty="no CoA requests", wide=wide, drop_order=COA_DROP)
 
 
+@coa_app.command("status")
+def coa_status(ctx: typer.Context, as_json: bool = JsonOption) -> None:
+    """Which dispatcher sends (one per database holds the dispatcher lock; the others wait)."""
+    state = get_state(ctx)
+    try:
+        with state.reading() as session:
+            active = enforcement.active_dispatcher(session=session)
+    except SchoolgateError as exc:
+        fail(str(exc))
+    if as_json:
+        print_json({"active": None if active is None else active.as_dict()})
+        return
+    if active is None:
+        console.print("no CoA dispatcher is active: queued requests wait", highlight=False)
+        return
+    standbys = "" if active.standbys is None else f"; {active.standbys} standby"
+    console.print(f"active CoA dispatcher: {active.describe()}{standbys}", highlight=False)
+
+
 @coa_app.command("run")
 def coa_run(
     ctx: typer.Context,
@@ -103,10 +124,14 @@ def coa_run(
     ),
     limit: float = typer.Option(60.0, "--limit", help="With --once: give up after seconds."),
 ) -> None:
-    """Run the dispatcher on its own (the RADIUS server also runs it)."""
+    """Run the dispatcher on its own (the RADIUS server also runs it). Of all the dispatchers
+    of one database, one sends at a time; the others are standbys (`coa status`)."""
     from radius.coa import UdpCoaSender  # sends even when CoA is off for the other commands
 
     state = get_state(ctx)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+    )
     factory = state.session_factory()
     sender = UdpCoaSender()
     if once:

@@ -13,6 +13,8 @@ Domain code only, no RADIUS here:
   `NullCoaSender`.
 - `workers`: the snapshot each RADIUS worker answers from (`report_worker`), so a request is
   sent only once every live worker has loaded its change (`lagging_workers`).
+- `leader`: the dispatcher lock, so exactly one long-running dispatcher works per database
+  (`run_dispatcher` takes it; `active_dispatcher` says who holds it).
 - `records`: one transition recorded, listing, the `coa` export and retention.
 """
 
@@ -30,6 +32,7 @@ from service.enforcement.dispatcher import (
     send_queued,
     settle,
 )
+from service.enforcement.leader import ActiveDispatcher, active_dispatcher, dispatcher_lock
 from service.enforcement.records import (
     EXPORTS,
     export_coa,
@@ -64,6 +67,7 @@ __all__ = [
     "EXPORTS",
     "PENDING_KEY",
     "QUEUED_FLAG",
+    "ActiveDispatcher",
     "Attempt",
     "CoaAnswer",
     "CoaReply",
@@ -73,9 +77,11 @@ __all__ = [
     "Held",
     "NullCoaSender",
     "WorkerReport",
+    "active_dispatcher",
     "attempt_wait",
     "claim",
     "disconnect_device",
+    "dispatcher_lock",
     "drain",
     "due_request_ids",
     "export_coa",

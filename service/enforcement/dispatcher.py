@@ -23,6 +23,8 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -34,6 +36,14 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
+from service.enforcement.leader import (
+    CHECK_DEADLINE_SECONDS,
+    CHECK_SECONDS,
+    RETRY_SECONDS,
+    DispatcherLock,
+    active_dispatcher,
+    dispatcher_lock,
+)
 from service.enforcement.records import record
 from service.enforcement.sending import CoaAnswer, CoaReply, CoaSender, CoaTarget
 from service.enforcement.triggers import queue_expired_grants
@@ -410,14 +420,107 @@ async def run_dispatcher(
     settings: Settings,
     sender: CoaSender,
     stop_event: asyncio.Event,
+    lock: DispatcherLock | None = None,
 ) -> None:
     """For a server process: run the dispatcher until `stop_event` is set (idle when CoA is
-    disabled or the sender sends nothing: the rows wait, queued)."""
+    disabled or the sender sends nothing: the rows wait, queued).
+
+    Only while it holds the dispatcher lock (`service.enforcement.leader`, one per database):
+    otherwise it is a standby that tries again every `RETRY_SECONDS`, and one that loses the
+    lock stops dispatching at once and becomes a standby again."""
     if not settings.coa_enabled or not sender.sends:
         await stop_event.wait()
         return
     dispatcher = Dispatcher(session_factory=session_factory, settings=settings, sender=sender)
-    await dispatcher.run(stop_event)
+    lock = lock or dispatcher_lock(session_factory=session_factory)
+    loop = asyncio.get_running_loop()
+    try:
+        while not stop_event.is_set():
+            if not await _wait_for_lock(lock, session_factory, stop_event):
+                break
+            node, pid = socket.gethostname(), os.getpid()
+            log.info("CoA dispatcher active on %s pid %d: it holds the dispatcher lock", node, pid)
+            term = asyncio.Event()  # set when this process stops, or loses the lock
+            watcher = asyncio.create_task(_watch_lock(lock, stop_event, term))
+            try:
+                await dispatcher.run(term)
+            finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            if not stop_event.is_set():
+                log.warning("CoA dispatcher lost the dispatcher lock: stopped sending; standby")
+    finally:
+        await loop.run_in_executor(None, lock.release)
+
+
+async def _call(function: Callable[[], bool]) -> bool:
+    """A blocking lock call, off the event loop, bounded by `CHECK_DEADLINE_SECONDS` (a
+    connection to a machine that vanished can hang until TCP gives up)."""
+    loop = asyncio.get_running_loop()
+    return await asyncio.wait_for(loop.run_in_executor(None, function), CHECK_DEADLINE_SECONDS)
+
+
+async def _wait_for_lock(
+    lock: DispatcherLock, factory: sessionmaker[Session], stop_event: asyncio.Event
+) -> bool:
+    """Try the lock every `RETRY_SECONDS` until this process holds it (True) or is told to
+    stop (False). One log line when it becomes a standby, one when the database fails."""
+    said_standby = database_down = False
+    while not stop_event.is_set():
+        try:
+            if await _call(lock.acquire):
+                return True
+        except (OSError, DBAPIError, TimeoutError) as exc:
+            if not database_down:
+                reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+                log.warning(
+                    "CoA dispatcher: the database does not answer (%s)",
+                    reason[0] if reason else type(exc).__name__,
+                )
+            database_down = True
+        else:
+            if not said_standby:
+                log.info("CoA dispatcher standby: %s", _who_is_active(factory))
+            said_standby, database_down = True, False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop_event.wait(), RETRY_SECONDS)
+    return False
+
+
+def _who_is_active(factory: sessionmaker[Session]) -> str:
+    try:
+        with factory() as session:
+            active = active_dispatcher(session=session)
+    except DBAPIError:
+        return "another process holds the dispatcher lock"
+    if active is None:
+        return "another process holds the dispatcher lock"
+    return f"{active.describe()} holds the dispatcher lock"
+
+
+async def _watch_lock(lock: DispatcherLock, stop_event: asyncio.Event, term: asyncio.Event) -> None:
+    """Check the lock every `CHECK_SECONDS`; end the term when it is gone or on stop."""
+    try:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop_event.wait(), CHECK_SECONDS)
+            if stop_event.is_set():
+                return
+            try:
+                still = await _call(lock.held)
+            except TimeoutError:
+                still = False
+            if not still:
+                term.set()  # stop dispatching first: closing a hung connection may take long
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        asyncio.get_running_loop().run_in_executor(None, lock.release),
+                        CHECK_DEADLINE_SECONDS,
+                    )
+                return
+    finally:
+        term.set()
 
 
 def send_queued(

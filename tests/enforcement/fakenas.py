@@ -24,6 +24,7 @@ class Received:
     attrs: dict[str, list[Any]]
     authenticator_ok: bool
     raw: bytes
+    answered: bool = True  # False: it came while the NAS was silent (no answer went back)
 
 
 @dataclass
@@ -66,11 +67,20 @@ class FakeNas:
                 return
             # RFC 5176 §3.5 Request Authenticator, computed here independently of our codec.
             expected = hashlib.md5(data[:4] + bytes(16) + data[20:] + self.secret).digest()
+            mode = self.mode  # once per packet: a test may switch it meanwhile
             request = CoAPacket(packet=data, secret=self.secret, dict=self.dictionary)
             attrs = {key: request[key] for key in request.keys()}  # noqa: SIM118
-            self.received.append(Received(request.code, attrs, expected == data[4:20], data))
+            self.received.append(
+                Received(
+                    request.code,
+                    attrs,
+                    expected == data[4:20],
+                    data,
+                    answered=mode != "silent",
+                )
+            )
             self.arrived.set()
-            if self.mode == "silent":
+            if mode == "silent":
                 continue
             code = request.code
             ack = code + 1
