@@ -300,7 +300,7 @@ class _Writer:
             keyed: list[KeyedRow] = []
             for item in items:
                 if isinstance(item, list) and len(item) == 14 and isinstance(item[0], str):
-                    keyed.append((item[0], tuple(item[1:])))  # type: ignore[arg-type]
+                    keyed.append((item[0], tuple(item[1:])))
                 else:
                     log.error("decision log: a spooled row not understood, skipped")
             result = store_isolating(self.store, keyed)

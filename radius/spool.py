@@ -55,7 +55,7 @@ def encode_record(record: AcctRecord) -> dict[str, Any]:
 
 
 def decode_record(data: dict[str, Any]) -> AcctRecord:
-    values = {name: data.get(name) for name in _ACCT_FIELDS}
+    values: dict[str, Any] = {name: data.get(name) for name in _ACCT_FIELDS}
     values["at"] = datetime.fromisoformat(data["at"])
     return AcctRecord(**values)
 

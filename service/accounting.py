@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from enum import IntEnum
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -90,6 +90,7 @@ def _new_records(session: Session, records: Sequence[AcctRecord]) -> list[AcctRe
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     table = AccountingRecord.__table__
+    assert isinstance(table, Table)
     fresh: set[str] = set()
     items = list(keyed.items())
     for start in range(0, len(items), LEDGER_CHUNK):
