@@ -258,7 +258,8 @@ class _Writer:
         the spool when the database cannot be reached, or when the spool already holds rows."""
         keyed = self.keyed(rows)
         if self.replay_waiting():
-            self.to_spool(keyed)
+            if not self.to_spool(keyed):
+                self.count(0, len(keyed))
             self.replay_due()
             return
         result = store_isolating(self.store, keyed)
@@ -266,16 +267,16 @@ class _Writer:
             log.error("decision row lost (%s): %s", describe_decision(row), reason)
         unstored = result.unstored
         if unstored:  # the next batch may go in
-            self.outage.failed(len(unstored), result.error)
             self.retry_at = time.monotonic() + RETRY_SECONDS
             if self.spool is not None and self.to_spool(unstored):
                 unstored = []
+            self.outage.failed(len(unstored), result.error)
         elif result.stored:
             self.outage.worked()
         self.count(len(result.stored), len(result.refused) + len(unstored))
 
     def to_spool(self, keyed: list[KeyedRow]) -> bool:
-        """Append to the spool; False (and the rows counted lost) when it cannot take them."""
+        """Append to the spool; False when it cannot take them (the caller counts them lost)."""
         assert self.spool is not None
         try:
             self.spool.append([[key, *row] for key, row in keyed])
@@ -284,7 +285,6 @@ class _Writer:
                 log.error(  # noqa: TRY400 - one line, no traceback: the disk's complaint
                     "decision log: cannot write the spool %s: %s", self.spool.path, exc
                 )
-            self.count(0, len(keyed))
             return False
         if self.spool_tally is not None:
             self.spool_tally[0] += len(keyed)

@@ -98,15 +98,16 @@ class Outage:
         self.lost = 0
 
     def failed(self, rows: int, reason: str | None) -> None:
+        """`rows` lost (0: kept in the spool) because the database failed with `reason`."""
         self.lost += rows
         if self.since is None:
             self.since = time.monotonic()
-            self.log.error("%s: %d rows not stored: %s (logged once)", self.what, rows, reason)
+            self.log.error("%s: %d rows lost: %s (logged once)", self.what, rows, reason)
 
     def worked(self) -> None:
         if self.since is not None:
             self.log.warning(
-                "%s: stored again after %.0f s; %d rows not stored meanwhile",
+                "%s: stored again after %.0f s; %d rows lost meanwhile",
                 self.what,
                 time.monotonic() - self.since,
                 self.lost,
@@ -306,10 +307,10 @@ class LogWriter:
             )
         unstored = result.unstored
         if unstored:
-            self._accounting_outage.failed(len(unstored), result.error)
             self._retry_at = time.monotonic() + RETRY_SECONDS
             if self._spool is not None and self._spool_tickets(unstored):
                 unstored = []
+            self._accounting_outage.failed(len(unstored), result.error)
         elif result.stored:
             self._accounting_outage.worked()
         failed = [ticket for ticket, _ in result.refused] + unstored
