@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,11 +12,13 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from radius.spool import Spool, SpoolFull, decode_record, encode_record
+from radius.spool import Spool, SpoolFull, decode_record, encode_record, spool_path
 from service.accounting import AcctRecord, AcctStatus, apply_accounting
 from service.decisions import DecisionRow, record_decisions
 from service.models import AccountingSession, DecisionRecord, NasClient
 from service.models.ledger import AccountingRecord
+from tests.helpers import free_udp_port
+from tests.radius.conftest import start_server
 
 T0 = datetime(2025, 3, 3, 8, 30, tzinfo=UTC)
 
@@ -182,3 +185,62 @@ def test_decision_rows_with_the_same_key_are_stored_once(
         keys = session.scalars(select(DecisionRecord.log_key).order_by(DecisionRecord.id)).all()
         assert keys == ["w:1", "w:2", "w:3"]
         assert session.scalar(select(func.count()).select_from(DecisionRecord)) == 3
+
+
+def test_a_server_that_starts_with_a_spool_replays_it_first(
+    westgate: SimpleNamespace, session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """What a worker spooled before it died (its records acknowledged) reaches the database
+    when the server starts again, once, and the files are emptied."""
+    auth_port, acct_port = free_udp_port(), free_udp_port()
+    while acct_port == auth_port:
+        acct_port = free_udp_port()
+    with session_factory() as session:
+        nas_id = session.scalars(select(NasClient.id)).first()
+    assert nas_id is not None
+    accounting = Spool(
+        spool_path(tmp_path, auth_port=auth_port, worker=0, kind="accounting"),
+        max_bytes=1 << 20,
+        what="test",
+    )
+    accounting.append(
+        [
+            encode_record(record(AcctStatus.START, 0, 0, "left-start", nas_id)),
+            encode_record(record(AcctStatus.STOP, 90, 700, "left-stop", nas_id)),
+        ]
+    )
+    accounting.close()
+    decisions = Spool(
+        spool_path(tmp_path, auth_port=auth_port, worker=0, kind="decisions"),
+        max_bytes=1 << 20,
+        what="test",
+    )
+    row = [T0.timestamp(), "westgate", "demo-controller", "127.0.0.1", "02:00:00:00:10:01"]
+    row += [None, None, "full", 10, "left behind", "school_device", 3600, 5]
+    decisions.append([["left:0", *row], ["left:1", *row]])
+    decisions.close()
+    server = start_server(
+        westgate.db_url,
+        tmp_path,
+        ports=(auth_port, acct_port),
+        env={"SCHOOLGATE_STATE_DIR": str(tmp_path)},
+    )
+    try:
+        deadline = time.monotonic() + 15
+        files = list((tmp_path / "spool").glob("*.spool"))
+        while time.monotonic() < deadline and any(p.stat().st_size for p in files):
+            time.sleep(0.1)
+    finally:
+        output = server.stop()
+    assert len(files) == 2
+    assert [p.name for p in files if p.stat().st_size] == [], output
+    assert "replaying them first" in output
+    with session_factory() as session:
+        keys = session.scalars(select(AccountingRecord.record_key)).all()
+        assert sorted(keys) == ["left-start", "left-stop"]
+        acct = session.scalars(select(AccountingSession)).one()
+        assert (acct.input_octets, acct.stopped_at) == (700, T0 + timedelta(seconds=90))
+        logged = session.scalars(
+            select(DecisionRecord.log_key).where(DecisionRecord.reason == "left behind")
+        ).all()
+        assert sorted(logged) == ["left:0", "left:1"]
