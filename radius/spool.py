@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from service.accounting import AcctRecord
+from service.errors import Invalid
 
 log = logging.getLogger("schoolgate.radius.spool")
 
@@ -73,8 +74,14 @@ class Spool:
         self.path = path
         self.max_bytes = max_bytes
         self.what = what
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as exc:
+            raise Invalid(
+                f"cannot open the RADIUS spool {path}: {exc.strerror}; the state directory "
+                "(SCHOOLGATE_STATE_DIR) must be writable by the service user"
+            ) from exc
         fcntl.flock(fd, fcntl.LOCK_EX)  # waits for a predecessor still writing
         self._fd = fd
         self._read_offset = 0  # where replay resumes (records before it are stored)

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from radius.spool import Spool, SpoolFull, decode_record, encode_record, spool_path
 from service.accounting import AcctRecord, AcctStatus, apply_accounting
 from service.decisions import DecisionRow, record_decisions
+from service.errors import Invalid
 from service.models import AccountingSession, DecisionRecord, NasClient
 from service.models.ledger import AccountingRecord
 from tests.helpers import free_udp_port
@@ -119,6 +120,12 @@ def test_past_its_cap_the_spool_refuses_whole_batches_and_says_so_once(
     spool.append(batch)  # drained: room again
     assert spool.depth == 10
     spool.close()
+
+
+def test_a_spool_that_cannot_be_created_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "state").write_text("a file, not a directory")
+    with pytest.raises(Invalid, match=r"cannot open the RADIUS spool .*state directory"):
+        Spool(tmp_path / "state" / "spool" / "x.spool", max_bytes=4096, what="test")
 
 
 def test_an_accounting_record_survives_the_round_trip_through_the_spool(tmp_path: Path) -> None:
