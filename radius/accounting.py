@@ -6,6 +6,7 @@ What a record does to the session rows is the domain's (`service.accounting.appl
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timedelta
 
 from radius import codec
@@ -27,6 +28,18 @@ def _octets(packet: RawPacket, low: int, high: int) -> int | None:
     return value + ((packet.integer(high) or 0) << 32)
 
 
+def packet_key(packet: RawPacket, nas_id: int, at: datetime, *, restart: bool) -> str:
+    """The record's identity, for exactly-once storage (`service.accounting`): the NAS and
+    the packet's octets, so a retransmission (the same octets) or the same packet sent to both
+    RADIUS servers of a NAS is one record. An Accounting-On/Off carries little that changes
+    from one reboot to the next, so its key also holds the minute it happened."""
+    digest = hashlib.blake2b(nas_id.to_bytes(8, "big"), digest_size=16)
+    digest.update(packet.data)
+    if restart:
+        digest.update(at.strftime("%Y%m%d%H%M").encode())
+    return digest.hexdigest()
+
+
 def parse_accounting(
     packet: RawPacket,
     *,
@@ -45,7 +58,8 @@ def parse_accounting(
     at = now - timedelta(seconds=min(delay, 86400))
     nas_identifier = packet.text(codec.NAS_IDENTIFIER)
     if status in NAS_RESTART:
-        return AcctRecord(status, nas_id, nas_ip, site_code, at, nas_identifier)
+        key = packet_key(packet, nas_id, at, restart=True)
+        return AcctRecord(status, nas_id, nas_ip, site_code, at, nas_identifier, key=key)
     session_id = packet.text(codec.ACCT_SESSION_ID)
     if not session_id:
         raise PacketError("bad_accounting", "no Acct-Session-Id")
@@ -87,4 +101,5 @@ def parse_accounting(
         input_octets=_octets(packet, codec.ACCT_INPUT_OCTETS, codec.ACCT_INPUT_GIGAWORDS),
         output_octets=_octets(packet, codec.ACCT_OUTPUT_OCTETS, codec.ACCT_OUTPUT_GIGAWORDS),
         terminate_cause=None if cause is None else codec.TERMINATE_CAUSES.get(cause, str(cause)),
+        key=packet_key(packet, nas_id, at, restart=False),
     )

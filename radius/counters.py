@@ -20,6 +20,11 @@ class Counters:
     status_server: int = 0
     decisions_logged: int = 0
     decisions_lost: int = 0
+    # The spool (radius/spool.py): records waiting in it, written to it, replayed from it
+    # (accounting and decision rows together; set by the worker from its writers' tallies).
+    spool_depth: int = 0
+    spooled: int = 0
+    replayed: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
 
     def drop(self, reason: str) -> None:
@@ -36,6 +41,9 @@ class Counters:
             "status_server": self.status_server,
             "decisions_logged": self.decisions_logged,
             "decisions_lost": self.decisions_lost,
+            "spool_depth": self.spool_depth,
+            "spooled": self.spooled,
+            "replayed": self.replayed,
             "dropped": dict(sorted(self.dropped.items())),
         }
 
@@ -46,5 +54,6 @@ class Counters:
             f"rejected={self.rejected} accounting={self.accounting} "
             f"duplicates={self.duplicates} status_server={self.status_server} "
             f"decisions_logged={self.decisions_logged} decisions_lost={self.decisions_lost} "
+            f"spool_depth={self.spool_depth} spooled={self.spooled} replayed={self.replayed} "
             f"dropped: {dropped}"
         )

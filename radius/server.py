@@ -34,6 +34,7 @@ from radius.authorizer import Authorizer, PapJob
 from radius.counters import Counters
 from radius.decision_log import DecisionLog
 from radius.snapshot import HotState, SnapshotKeeper, load_state, stale_state
+from radius.spool import Spool, spool_path
 from radius.writer import AcctTicket, LogWriter
 from service.config import Settings
 from service.db import make_engine, make_session_factory
@@ -235,10 +236,15 @@ class Worker:
         self.options = options
         self.index = index
         self.counters = Counters()
+        spool_dir = settings.key_dir
         self.decision_log = DecisionLog(
             settings.database_url,
             counters=self.counters,
             batch_seconds=settings.radius_log_batch_seconds,
+            spool_path=spool_path(
+                spool_dir, auth_port=options.auth_port, worker=index, kind="decisions"
+            ),
+            spool_max_bytes=settings.radius_spool_max_bytes,
         )
         self.decision_log.start()  # first: forked before any thread or connection exists
         try:
@@ -256,6 +262,13 @@ class Worker:
                 counters=self.counters,
                 deliver=self._deliver_from_thread,
                 give_up=self._give_up_from_thread,
+                spool=Spool(
+                    spool_path(
+                        spool_dir, auth_port=options.auth_port, worker=index, kind="accounting"
+                    ),
+                    max_bytes=settings.radius_spool_max_bytes,
+                    what="accounting",
+                ),
             )
             state = load_state(self.factory)
             self.authorizer = Authorizer(
@@ -306,6 +319,12 @@ class Worker:
                 f"answering from {answer}"
             )
         self.authorizer.status_message = message.encode()
+
+    def _sync_spool_counters(self) -> None:
+        writer, decisions, counters = self.writer, self.decision_log, self.counters
+        counters.spool_depth = writer.spool_depth + decisions.spool_depth
+        counters.spooled = writer.spooled + decisions.spooled
+        counters.replayed = writer.replayed + decisions.replayed
 
     def _watch_database(self) -> None:
         """Once a second, on the loop: readiness follows the keeper's last successful poll,
@@ -428,6 +447,7 @@ class Worker:
             if now - last_purge >= 1.0:
                 last_purge = now
                 self._watch_database()
+                self._sync_spool_counters()
                 if not self.decision_log.alive():
                     log.error("the decision log writer died; answers continue unlogged")
             if now - last_counters >= COUNTER_LOG_SECONDS:
@@ -452,6 +472,7 @@ class Worker:
         if self.acct is not None:
             self.acct.close()
         self.engine.dispose()
+        self._sync_spool_counters()
         log.info("worker %d stopped; counters: %s", self.index, self.counters.summary())
 
 

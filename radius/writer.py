@@ -4,7 +4,11 @@ The event loop only appends to a queue. The thread commits accounting as soon as
 waiting (then hands the batch's Accounting-Responses back to the loop: a NAS is answered only
 once its record is durable) and the decision log every `radius_log_batch_seconds`. When the
 database cannot keep up, decision rows beyond the backlog limit are dropped and counted;
-accounting is never dropped here: it is simply not answered, so the NAS retransmits.
+accounting is never dropped here. When the database cannot be reached, accounting goes to the
+worker's spool (radius/spool.py), fsync'd before it is answered, and is replayed in order, in
+batches, by this thread once the database answers; while the spool holds anything, new
+records go behind it. Without a spool, or with the spool full, accounting is not answered,
+so the NAS retransmits.
 
 A batch the database refuses because of one row (a value it cannot store, a constraint) is
 split in halves until that row is found (`store_isolating`): the bad row alone is lost,
@@ -22,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from radius.counters import Counters
+from radius.spool import Spool, SpoolFull, decode_record, encode_record
 from service.accounting import AcctRecord, apply_accounting
 from service.db import SessionFactory, database_error_message
 from service.decisions import DecisionRow, record_decisions, refused_by_database
@@ -93,15 +98,16 @@ class Outage:
         self.lost = 0
 
     def failed(self, rows: int, reason: str | None) -> None:
+        """`rows` lost (0: kept in the spool) because the database failed with `reason`."""
         self.lost += rows
         if self.since is None:
             self.since = time.monotonic()
-            self.log.error("%s: %d rows not stored: %s (logged once)", self.what, rows, reason)
+            self.log.error("%s: %d rows lost: %s (logged once)", self.what, rows, reason)
 
     def worked(self) -> None:
         if self.since is not None:
             self.log.warning(
-                "%s: stored again after %.0f s; %d rows not stored meanwhile",
+                "%s: stored again after %.0f s; %d rows lost meanwhile",
                 self.what,
                 time.monotonic() - self.since,
                 self.lost,
@@ -126,6 +132,8 @@ class AcctTicket:
 
 
 _STOP = object()
+REPLAY_BATCH = 1000  # records per replay transaction
+RETRY_SECONDS = 1.0  # between replay attempts while the database is away
 
 
 class LogWriter:
@@ -138,6 +146,7 @@ class LogWriter:
         deliver: Callable[[Sequence[AcctTicket]], None],
         give_up: Callable[[Sequence[AcctTicket]], None],
         max_backlog: int = 200_000,
+        spool: Spool | None = None,
     ) -> None:
         self._factory = factory
         self._batch = max(0.01, batch_seconds)
@@ -146,7 +155,16 @@ class LogWriter:
         self._give_up = give_up
         self._max_backlog = max_backlog
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._accounting_outage = Outage("accounting (not answered, the NAS retransmits)", log)
+        self._spool = spool
+        self.spooled = 0  # accounting records written to the spool (and answered)
+        self.replayed = 0  # spooled records stored in the database since
+        self._retry_at = 0.0
+        self._accounting_outage = Outage(
+            "accounting (not answered, the NAS retransmits)"
+            if spool is None
+            else f"accounting (spooled to {spool.path} until the database is back)",
+            log,
+        )
         self._decision_outage = Outage("decision log", log)
         self._thread = threading.Thread(target=self._run, name="radius-writer", daemon=True)
 
@@ -167,6 +185,10 @@ class LogWriter:
     def submit_accounting(self, ticket: AcctTicket) -> None:
         self._queue.put(ticket)
 
+    @property
+    def spool_depth(self) -> int:
+        return 0 if self._spool is None else self._spool.depth
+
     def _run(self) -> None:
         decisions: list[DecisionRow] = []
         tickets: list[AcctTicket] = []
@@ -175,6 +197,8 @@ class LogWriter:
         get = self._queue.get
         while not stopping:
             timeout = max(0.0, deadline - time.monotonic())
+            if self.spool_depth and self._retry_at <= time.monotonic():
+                timeout = 0.0  # replay goes on between batches of new records
             try:
                 item = get(timeout=timeout)
             except queue.Empty:
@@ -193,17 +217,80 @@ class LogWriter:
             if tickets:
                 self._write_accounting(tickets)
                 tickets = []
+            if self.spool_depth and self._retry_at <= time.monotonic():
+                self._replay_accounting()
             if decisions and (stopping or time.monotonic() >= deadline):
                 self._write_decisions(decisions)
                 decisions = []
             if time.monotonic() >= deadline:
                 deadline = time.monotonic() + self._batch
+        if self._spool is not None:
+            self._spool.close()
 
     def _store_accounting(self, tickets: list[AcctTicket]) -> None:
         with self._factory() as session, session.begin():
             apply_accounting(session=session, records=[t.record for t in tickets])
 
+    def _store_records(self, records: list[AcctRecord]) -> None:
+        with self._factory() as session, session.begin():
+            apply_accounting(session=session, records=records)
+
+    def _spool_tickets(self, tickets: Sequence[AcctTicket]) -> bool:
+        """Append the tickets' records to the spool (fsync'd) and answer them; False (and
+        nothing answered) when the spool cannot take them."""
+        assert self._spool is not None
+        try:
+            self._spool.append([encode_record(t.record) for t in tickets])
+        except SpoolFull:
+            return False
+        except OSError as exc:
+            log.error(  # noqa: TRY400 - one line, no traceback: the disk's complaint
+                "accounting: cannot write the spool %s: %s", self._spool.path, exc
+            )
+            return False
+        self.spooled += len(tickets)
+        self._deliver(tickets)
+        return True
+
+    def _replay_accounting(self) -> None:
+        """One batch from the spool into the database, in order (exactly once: the keys)."""
+        spool = self._spool
+        assert spool is not None
+        items, offset = spool.peek(REPLAY_BATCH)
+        records: list[AcctRecord] = []
+        for item in items:
+            try:
+                records.append(decode_record(item))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error(  # noqa: TRY400 - one line per record, no traceback
+                    "accounting: a spooled record not understood, skipped: %s", exc
+                )
+        result = store_isolating(self._store_records, records)
+        if result.unstored:
+            self._retry_at = time.monotonic() + RETRY_SECONDS
+            self._accounting_outage.failed(0, result.error)
+            return
+        for record, reason in result.refused:
+            log.error(
+                "spooled accounting record refused by the database (NAS %s, Acct-Session-Id "
+                "%r, MAC %s): %s",
+                record.nas_ip,
+                record.acct_session_id,
+                record.mac,
+                reason,
+            )
+        spool.consumed(offset, len(items))
+        self.replayed += len(result.stored)
+        if not spool.depth:
+            log.warning("accounting: the spool is replayed (%d records since start)", self.replayed)
+            self._accounting_outage.worked()
+
     def _write_accounting(self, tickets: list[AcctTicket]) -> None:
+        if self._spool is not None and self._spool.depth:
+            # Behind what waits in the spool, to keep each NAS's records in order.
+            if not self._spool_tickets(tickets):
+                self._give_up(tickets)
+            return
         result = store_isolating(self._store_accounting, tickets)
         if result.stored:
             self._deliver(result.stored)
@@ -218,11 +305,15 @@ class LogWriter:
                 record.mac,
                 reason,
             )
-        if result.unstored:
-            self._accounting_outage.failed(len(result.unstored), result.error)
+        unstored = result.unstored
+        if unstored:
+            self._retry_at = time.monotonic() + RETRY_SECONDS
+            if self._spool is not None and self._spool_tickets(unstored):
+                unstored = []
+            self._accounting_outage.failed(len(unstored), result.error)
         elif result.stored:
             self._accounting_outage.worked()
-        failed = [ticket for ticket, _ in result.refused] + result.unstored
+        failed = [ticket for ticket, _ in result.refused] + unstored
         if failed:
             self._give_up(failed)
 

@@ -5,21 +5,30 @@ and Stop update it (creating it when the Start was lost), Accounting-On/Off clos
 session of that NAS (it rebooted). The RADIUS server parses packets into `AcctRecord`s
 (radius/accounting.py) and its writer thread applies them in batches (radius/writer.py),
 committing before the Accounting-Responses of the batch are sent.
+
+Exactly once: each record carries a key (the packet's identity, `radius/accounting.py`) that
+goes into `accounting_records` with ON CONFLICT DO NOTHING; a record is applied to its session
+only when its key is new. A record stored just before a database outage and again from the
+RADIUS spool afterwards (radius/spool.py), or sent by a NAS to both of its RADIUS servers,
+counts once.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, replace
 from datetime import datetime, timedelta
 from enum import IntEnum
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from service.decisions import storable_text
 from service.models import AccountingSession
+from service.models.ledger import AccountingRecord
 
 
 class AcctStatus(IntEnum):
@@ -56,13 +65,63 @@ class AcctRecord:
     input_octets: int | None = None
     output_octets: int | None = None
     terminate_cause: str | None = None
+    # The packet's identity (radius/accounting.py); None: derived from the fields above.
+    key: str | None = None
+
+
+def record_key(record: AcctRecord) -> str:
+    """The record's key: the one the parser gave it, else a hash of its fields."""
+    if record.key is not None:
+        return record.key
+    return hashlib.blake2b(repr(astuple(record)).encode(), digest_size=16).hexdigest()
+
+
+LEDGER_CHUNK = 500  # rows per INSERT (SQLite allows 32,766 parameters; 5 per row)
+
+
+def _new_records(session: Session, records: Sequence[AcctRecord]) -> list[AcctRecord]:
+    """The records of `records` whose key the ledger did not hold (now it does), in order;
+    a key twice in the batch counts once."""
+    keyed: dict[str, AcctRecord] = {}
+    for record in records:
+        keyed.setdefault(record_key(record), record)
+    if not keyed:
+        return []
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    table = AccountingRecord.__table__
+    assert isinstance(table, Table)
+    fresh: set[str] = set()
+    items = list(keyed.items())
+    for start in range(0, len(items), LEDGER_CHUNK):
+        chunk = items[start : start + LEDGER_CHUNK]
+        statement = (
+            insert(table)
+            .values(
+                [
+                    {
+                        "record_key": key,
+                        "nas_id": r.nas_id,
+                        "acct_session_id": r.acct_session_id,
+                        "status": int(r.status),
+                        "event_at": r.at,
+                    }
+                    for key, r in chunk
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=["record_key"])
+            .returning(table.c.record_key)
+        )
+        fresh.update(session.scalars(statement))
+    return [r for key, r in items if key in fresh]
 
 
 def apply_accounting(*, session: Session, records: Sequence[AcctRecord]) -> None:
     """Write a batch of records as session rows, in order, with one query for the rows the
     batch already has; flushes, the caller commits (and only then answers the NAS). The text a
-    NAS sent is made storable first (`storable_text`: a NUL escaped, not the batch lost)."""
-    records = [_storable(r) for r in records]
+    NAS sent is made storable first (`storable_text`: a NUL escaped, not the batch lost). A
+    record whose key is already in the ledger (written before) is skipped: exactly once."""
+    records = _new_records(session, [_storable(r) for r in records])
     session_ids = {r.acct_session_id for r in records if r.acct_session_id}
     rows: dict[tuple[int | None, str, str | None], AccountingSession] = {}
     if session_ids:

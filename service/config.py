@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     # RADIUS (s3, issue 11): how old the snapshot may grow while the database cannot be
     # reached before RADIUS stops answering from it (then `[radius] when_stale` of the policy).
     radius_max_stale_seconds: float = Field(default=300.0, gt=0)
+    # Issue 13 (sp): while the database cannot be reached, each RADIUS worker spools accounting
+    # and decision rows to state_dir/spool/ (radius/spool.py), at most this many bytes per file
+    # (two files per worker); past it accounting is not answered and decisions are lost.
+    radius_spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=4096)
 
     @field_validator("retention_days", mode="after")
     @classmethod

@@ -74,8 +74,14 @@ def refused_by_database(exc: BaseException) -> bool:
     return isinstance(exc, (DataError, IntegrityError))
 
 
-def record_decisions(*, session: Session, rows: Sequence[DecisionRow]) -> None:
+def record_decisions(
+    *, session: Session, rows: Sequence[DecisionRow], keys: Sequence[str] | None = None
+) -> None:
     """Insert a batch of decision rows with one DBAPI executemany (the caller commits).
+
+    With `keys` (one per row: its writer and sequence number, radius/decision_log.py), each
+    row goes in with its `log_key` and ON CONFLICT DO NOTHING: a row stored just before a
+    database outage and again from the spool afterwards is stored once.
 
     The SQLAlchemy insert costs 20-30 µs a row in bind processing, in the same process (and
     under the same GIL) as the hot path; a plain executemany costs a few. The only conversion
@@ -86,10 +92,15 @@ def record_decisions(*, session: Session, rows: Sequence[DecisionRow]) -> None:
     connection = session.connection()
     dialect = connection.dialect
     placeholder = "?" if dialect.paramstyle == "qmark" else "%s"
-    columns = ", ".join(DECISION_COLUMNS)
-    values = ", ".join([placeholder] * len(DECISION_COLUMNS))
+    names = DECISION_COLUMNS if keys is None else (*DECISION_COLUMNS, "log_key")
+    columns = ", ".join(names)
+    values = ", ".join([placeholder] * len(names))
     table = DecisionRecord.__tablename__
     sql = f"INSERT INTO {table} ({columns}) VALUES ({values})"  # noqa: S608 - fixed names
+    if keys is not None:
+        if len(keys) != len(rows):
+            raise ValueError(f"{len(keys)} keys for {len(rows)} decision rows")
+        sql += " ON CONFLICT DO NOTHING"
     # The User-Name is the one column the NAS (and so whoever is on the network) chooses.
     text = storable_text
     if dialect.name == "sqlite":
@@ -99,4 +110,6 @@ def record_decisions(*, session: Session, rows: Sequence[DecisionRow]) -> None:
     else:
         utc_time = datetime.fromtimestamp
         params = [(utc_time(r[0], UTC), *r[1:5], text(r[5]), *r[6:]) for r in rows]
+    if keys is not None:
+        params = [(*p, k) for p, k in zip(params, keys, strict=True)]
     connection.exec_driver_sql(sql, params)

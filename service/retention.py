@@ -14,6 +14,7 @@ from service import audit
 from service.config import Settings
 from service.enums import AuditTag
 from service.models import AccountingSession, DecisionRecord
+from service.models.ledger import AccountingRecord
 
 # Areas add their own purge functions: (session, settings, now) -> {table: rows removed}.
 Purger = Callable[[Session, Settings, datetime], dict[str, int]]
@@ -36,6 +37,9 @@ def _core(session: Session, settings: Settings, now: datetime) -> dict[str, int]
             )
         )
         removed["accounting_sessions"] = int(result.rowcount or 0)
+        # The ledger that keeps accounting exactly once (issue 13) ages with the sessions.
+        result = session.execute(delete(AccountingRecord).where(AccountingRecord.event_at < cutoff))
+        removed["accounting_records"] = int(result.rowcount or 0)
     return removed
 
 

@@ -277,6 +277,9 @@ class DecisionRecord(Base):
     rule: Mapped[str] = mapped_column(String(255))
     session_timeout: Mapped[int | None] = mapped_column(Integer)
     micros: Mapped[int | None] = mapped_column(Integer)
+    # Who wrote the row and its sequence number (radius/decision_log.py): a row replayed from
+    # the spool after an outage is stored once (migration 0008_sp).
+    log_key: Mapped[str | None] = mapped_column(String(64), unique=True)
 
 
 class AccountingSession(Base):
