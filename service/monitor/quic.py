@@ -39,9 +39,21 @@ _SALT_D23: Final = bytes.fromhex("c3eef712c72ebb5a11a7d2432bb46365bef9f502")
 class Version:
     """One QUIC version's Initial parameters."""
 
-    __slots__ = ("hp_label", "initial_type", "iv_label", "key_label", "name", "retry_type", "salt")
+    __slots__ = (
+        "hp_label",
+        "initial_type",
+        "iv_label",
+        "key_label",
+        "name",
+        "retry_type",
+        "salt",
+        "wire",
+    )
 
-    def __init__(self, name: str, salt: bytes, prefix: bytes, initial_type: int) -> None:
+    def __init__(
+        self, wire: bytes, name: str, salt: bytes, prefix: bytes, initial_type: int
+    ) -> None:
+        self.wire = wire  # the four version bytes
         self.name = name
         self.salt = salt
         self.key_label = prefix + b"key"
@@ -53,14 +65,14 @@ class Version:
 
 
 def _versions() -> dict[bytes, Version]:
-    out = {
-        b"\x00\x00\x00\x01": Version("quic-v1", _SALT_V1, b"quic ", 0),
-        b"\x6b\x33\x43\xcf": Version("quic-v2", _SALT_V2, b"quicv2 ", 1),
-    }
+    known = [
+        Version(b"\x00\x00\x00\x01", "quic-v1", _SALT_V1, b"quic ", 0),
+        Version(b"\x6b\x33\x43\xcf", "quic-v2", _SALT_V2, b"quicv2 ", 1),
+    ]
     for draft in range(23, 35):
         salt = _SALT_D29 if draft >= 29 else _SALT_D23
-        out[bytes((0xFF, 0, 0, draft))] = Version(f"quic-draft{draft}", salt, b"quic ", 0)
-    return out
+        known.append(Version(bytes((0xFF, 0, 0, draft)), f"quic-draft{draft}", salt, b"quic ", 0))
+    return {version.wire: version for version in known}
 
 
 # The versions whose Initials we can read, by their four wire bytes. The engine looks the
@@ -323,6 +335,41 @@ class QuicFlow:
         self.version = "gquic-" + version_bytes.decode("ascii", "replace")
         if name is not None:
             self.hello = ClientHello(name, None, None)
+
+
+def seal_initial(
+    version: Version,
+    dcid: bytes,
+    pn: int,
+    payload: bytes,
+    *,
+    scid: bytes = b"",
+    packet_type: int | None = None,
+    key_dcid: bytes | None = None,
+) -> bytes:
+    """A client's protected long-header packet (RFC 9001 5.3-5.4, 4-byte packet number): what
+    a QUIC client sends, for tests and bench/monitor_live.py. `packet_type` defaults to the
+    version's Initial (no token); `key_dcid` is the DCID whose keys protect it (a client keeps
+    its first Initial's keys after switching to the server's connection ID)."""
+    key, iv, hp = initial_secrets(version, key_dcid or dcid)
+    ptype = version.initial_type if packet_type is None else packet_type
+    header = (
+        bytes((0xC0 | (ptype << 4) | 0x03,))
+        + version.wire
+        + bytes((len(dcid),))
+        + dcid
+        + bytes((len(scid),))
+        + scid
+        + (b"\x00" if ptype == version.initial_type else b"")
+        + (0x4000 | (4 + len(payload) + 16)).to_bytes(2, "big")
+    )
+    pn_bytes = pn.to_bytes(4, "big")
+    nonce = (int.from_bytes(iv, "big") ^ pn).to_bytes(12, "big")
+    sealed = AESGCM(key).encrypt(nonce, payload, header + pn_bytes)
+    encryptor = Cipher(algorithms.AES(hp), modes.ECB()).encryptor()  # noqa: S305
+    mask = encryptor.update(sealed[:16]) + encryptor.finalize()
+    masked_pn = bytes(b ^ m for b, m in zip(pn_bytes, mask[1:5], strict=True))
+    return bytes((header[0] ^ (mask[0] & 0x0F),)) + header[1:] + masked_pn + sealed
 
 
 _KEYS: dict[tuple[str, bytes], InitialKeys] = {}

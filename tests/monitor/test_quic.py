@@ -12,8 +12,6 @@ import json
 import re
 
 import pytest
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
@@ -46,40 +44,6 @@ def _varint(value: int) -> bytes:
     return (value | 0x80000000).to_bytes(4, "big")
 
 
-def protect(
-    version: quic.Version,
-    dcid: bytes,
-    pn: int,
-    payload: bytes,
-    *,
-    scid: bytes = b"",
-    packet_type: int | None = None,
-    key_dcid: bytes | None = None,
-) -> bytes:
-    """A protected long-header packet (RFC 9001 5.3-5.4), 4-byte packet number, written here
-    independently of quic.py: AES-GCM over the payload, then the header-protection mask."""
-    key, iv, hp = quic.initial_secrets(version, key_dcid or dcid)
-    ptype = version.initial_type if packet_type is None else packet_type
-    header = (
-        bytes((0xC0 | (ptype << 4) | 0x03,))
-        + next(k for k, v in quic.VERSIONS.items() if v is version)
-        + bytes((len(dcid),))
-        + dcid
-        + bytes((len(scid),))
-        + scid
-        + (b"\x00" if ptype == version.initial_type else b"")  # no token
-        + (0x4000 | (4 + len(payload) + 16)).to_bytes(2, "big")
-    )
-    pn_bytes = pn.to_bytes(4, "big")
-    nonce = (int.from_bytes(iv, "big") ^ pn).to_bytes(12, "big")
-    sealed = AESGCM(key).encrypt(nonce, payload, header + pn_bytes)
-    encryptor = Cipher(algorithms.AES(hp), modes.ECB()).encryptor()
-    mask = encryptor.update(sealed[:16]) + encryptor.finalize()
-    first = bytes((header[0] ^ (mask[0] & 0x0F),))
-    masked_pn = bytes(b ^ m for b, m in zip(pn_bytes, mask[1:5], strict=True))
-    return first + header[1:] + masked_pn + sealed
-
-
 def test_rfc9001_client_initial_known_answer() -> None:
     """RFC 9001 A.1-A.2: the keys, and the protected packet's first and last bytes."""
     key, iv, hp = quic.initial_secrets(V1, RFC_DCID)
@@ -89,7 +53,7 @@ def test_rfc9001_client_initial_known_answer() -> None:
         "9f50449e04a0e810283a1e9933adedd2",
     )
     payload = RFC_CRYPTO_FRAME + bytes(1162 - len(RFC_CRYPTO_FRAME))
-    packet = protect(V1, RFC_DCID, 2, payload)
+    packet = quic.seal_initial(V1, RFC_DCID, 2, payload)
     assert len(packet) == 1200
     assert packet[:32].hex() == "c000000001088394c8f03e5157080000449e7b9aec34d1b1c98dd7689fb8ec11"
     assert packet[-48:].hex() == (
@@ -115,7 +79,7 @@ def test_rfc9369_v2_keys_known_answer() -> None:
         "45b95e15235d6f45a6b19cbcb0294ba9",
     )
     payload = RFC_CRYPTO_FRAME + bytes(1162 - len(RFC_CRYPTO_FRAME))
-    packet = protect(V2, RFC_DCID, 2, payload)
+    packet = quic.seal_initial(V2, RFC_DCID, 2, payload)
     # RFC 9369 A.2: the protected v2 Initial begins so (type bits 01 for Initial).
     assert packet[:22].hex() == "d76b3343cf088394c8f03e5157080000449ea0c95e82"
     assert quic.QuicFlow().datagram(packet) == extract.ClientHello("example.com", "alpn", "tls1.3")
@@ -225,9 +189,9 @@ def test_client_hello_split_over_three_initials_out_of_order(run_file, tmp_path)
     packets = [
         # The last piece first, then a PING and ACK-bearing packet with the first, then the
         # middle one split in two frames with PADDING between them.
-        protect(V1, dcid, 0, _crypto(*thirds[2]) + bytes(200)),
-        protect(V1, dcid, 1, b"\x01" + b"\x02\x00\x00\x00\x00" + _crypto(*thirds[0])),
-        protect(
+        quic.seal_initial(V1, dcid, 0, _crypto(*thirds[2]) + bytes(200)),
+        quic.seal_initial(V1, dcid, 1, b"\x01" + b"\x02\x00\x00\x00\x00" + _crypto(*thirds[0])),
+        quic.seal_initial(
             V1,
             dcid,
             2,
@@ -255,12 +219,17 @@ def test_client_hello_split_over_three_initials_out_of_order(run_file, tmp_path)
 def test_coalesced_initial_and_0rtt_and_keys_kept_after_dcid_change(run_file, tmp_path) -> None:
     hello = _hello("coalesced.example.org", size=1800)
     first_dcid, server_cid = b"\x11" * 8, b"\x22" * 8
-    zero_rtt = protect(V2, first_dcid, 1, b"\x01" * 40, packet_type=2)  # skipped, not counted
+    zero_rtt = quic.seal_initial(
+        V2, first_dcid, 1, b"\x01" * 40, packet_type=2
+    )  # skipped, not counted
     # First datagram: 0-RTT before the Initial, as a client may coalesce them.
-    one = zero_rtt + protect(V2, first_dcid, 0, _crypto(0, hello[:1000]))
+    one = zero_rtt + quic.seal_initial(V2, first_dcid, 0, _crypto(0, hello[:1000]))
     # Second: after the server's Initial the client writes to the server's connection ID but
     # keeps the first Initial's keys (RFC 9001 5.2); an Initial and a 0-RTT packet again.
-    two = protect(V2, server_cid, 2, _crypto(1000, hello[1000:]), key_dcid=first_dcid) + zero_rtt
+    two = (
+        quic.seal_initial(V2, server_cid, 2, _crypto(1000, hello[1000:]), key_dcid=first_dcid)
+        + zero_rtt
+    )
     recorded = run_file(t.write(tmp_path / "coalesced.pcap", _datagrams(one, two)))
     (flow,) = recorded.of("flows")
     assert (flow["server_name"], flow["version"]) == ("coalesced.example.org", "quic-v2")
@@ -269,7 +238,7 @@ def test_coalesced_initial_and_0rtt_and_keys_kept_after_dcid_change(run_file, tm
 
 def test_damaged_initial_is_counted_and_the_next_one_read(run_file, tmp_path) -> None:
     hello = _hello("damaged.example.org", size=900)
-    good = protect(V1, b"\x33" * 8, 0, _crypto(0, hello) + bytes(100))
+    good = quic.seal_initial(V1, b"\x33" * 8, 0, _crypto(0, hello) + bytes(100))
     damaged = bytearray(good)
     damaged[-30] ^= 0xFF  # one byte of ciphertext: the GCM tag no longer matches
     retry = bytes((0xF0,)) + b"\x00\x00\x00\x01" + b"\x08" + b"\x44" * 8 + b"\x00" + bytes(40)
