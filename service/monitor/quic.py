@@ -112,12 +112,12 @@ class InitialKeys:
     def __init__(self, version: Version, dcid: bytes) -> None:
         key, self.iv, hp = initial_secrets(version, dcid)
         self.aead = AESGCM(key)
-        # RFC 9001 5.4.3: header protection is AES-ECB over one 16-byte sample.
-        self.hp = Cipher(algorithms.AES(hp), modes.ECB())  # noqa: S305
+        # RFC 9001 5.4.3: header protection is AES-ECB over one 16-byte sample. ECB keeps no
+        # state between blocks, so one encryptor serves every packet (no context per packet).
+        self.hp = Cipher(algorithms.AES(hp), modes.ECB()).encryptor()  # noqa: S305
 
     def mask(self, sample: bytes) -> bytes:
-        encryptor = self.hp.encryptor()
-        return encryptor.update(sample) + encryptor.finalize()
+        return self.hp.update(sample)
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
