@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -67,7 +68,9 @@ def main() -> None:
             subprocess.run(
                 ["ip", "netns", "exec", ns, "ip", "link", "set", inside, "up"], check=True
             )
-            seconds = packets / args.pps + 8
+            # Stopped with SIGTERM once the replay is done and the ring drained (3 s), so a slow
+            # replay or a busy machine does not cut the capture short.
+            seconds = packets / args.pps * 4 + 30
             monitor = subprocess.Popen(
                 [
                     sys.executable,
@@ -107,6 +110,8 @@ def main() -> None:
                 text=True,
                 check=True,
             )
+            time.sleep(3)
+            monitor.send_signal(signal.SIGTERM)
             out, err = monitor.communicate(timeout=seconds + 60)
             cpu.stop()
         finally:
