@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from service.monitor import extract, parser
+from service.monitor import extract, parser, quic
 from service.monitor.attribution import Attributor
 from service.monitor.categories import CategoryList
 from service.monitor.recorder import Recorder, RecorderCalls
@@ -55,6 +55,7 @@ def _pair(a: bytes, b: bytes) -> bytes:
 
 class Flow:
     __slots__ = (
+        "alpn",
         "done",
         "end_reason",
         "first",
@@ -71,6 +72,7 @@ class Flow:
         "orig_port",
         "p2p",
         "proto",
+        "quic",
         "r_bytes",
         "r_pkts",
         "r_scan",
@@ -82,6 +84,7 @@ class Flow:
         "table",
         "tcp_fin",
         "timeout",
+        "version",
         "vlan",
     )
 
@@ -111,6 +114,9 @@ class Flow:
         self.name_source: str | None = None
         self.p2p: str | None = None
         self.info_hash: str | None = None
+        self.version: str | None = None  # "quic-v1", "tls1.3"... from the client's hello
+        self.alpn: str | None = None
+        self.quic: quic.QuicFlow | None = None  # reassembly until the ClientHello is read
         self.service: str | None = _SERVICE_BY_PORT.get(resp_port)
         self.vlan = vlan
         self.kind = 0  # _DNS or _DHCP for UDP flows on those ports
@@ -452,9 +458,10 @@ class Monitor:
         if forward and flow.name_source is None:
             first = payload[0]
             if first == 0x16:
-                name = extract.tls_server_name(payload)
-                if name:
-                    flow.name, flow.name_source, flow.service = name, "sni", "tls"
+                hello = extract.tls_client_hello(payload)
+                if hello is not None and hello.server_name:
+                    flow.name, flow.name_source, flow.service = hello.server_name, "sni", "tls"
+                    flow.version, flow.alpn = hello.tls_version, hello.alpn
                     flow.o_scan = 0
             elif 0x41 <= first <= 0x5A:
                 host = extract.http_host(payload)
@@ -466,6 +473,16 @@ class Monitor:
             flow.o_scan -= 1
         else:
             flow.r_scan -= 1
+        # QUIC on any port: a long header naming a version we can read (one slice, one
+        # lookup), or Google QUIC with its version ("Q046" at byte 1, "Q025" at byte 9).
+        first = payload[0]
+        if (
+            first & 0x80 and (payload[1:5] in quic.VERSIONS or quic.is_gquic_version(payload[1:5]))
+        ) or (first & 0x09 == 0x09 and quic.is_gquic_version(payload[9:13])):
+            flow.service = "quic"
+            if forward and flow.name_source is None:
+                self._quic(flow, payload)
+            return
         if flow.resp_port == 443 or flow.orig_port == 443:
             flow.service = "quic"
             return
@@ -473,6 +490,29 @@ class Monitor:
             found = extract.bittorrent_udp(payload)
             if found is not None:
                 self._mark_p2p(flow, "bittorrent-" + found[0], found[1])
+
+    def _quic(self, flow: Flow, payload: bytes) -> None:
+        """A client datagram of a QUIC flow: its Initials decrypted and collected (quic.py)
+        until the ClientHello is whole, then the name, version and ALPN go on the flow and the
+        reassembly state is dropped."""
+        state = flow.quic
+        if state is None:
+            state = flow.quic = quic.QuicFlow()
+        failed = state.undecryptable
+        hello = state.datagram(payload)
+        if state.undecryptable != failed:
+            self.counters.quic_undecryptable += state.undecryptable - failed
+        flow.version = state.version or flow.version
+        if hello is not None:
+            if hello.server_name:
+                flow.name, flow.name_source = hello.server_name, "quic"
+            flow.alpn = hello.alpn
+            flow.quic = None
+            flow.o_scan = 0
+        elif state.exhausted:
+            flow.quic = None
+        elif state.chunks and not flow.o_scan:
+            flow.o_scan = 1  # a ClientHello still arriving: the next client packet too
 
     def _mark_p2p(self, flow: Flow, label: str, info_hash: str | None) -> None:
         flow.p2p = label
@@ -593,6 +633,8 @@ class Monitor:
                 flow.service,
                 flow.name,
                 flow.name_source,
+                flow.version,
+                flow.alpn,
                 flow.p2p,
                 flow.info_hash,
             )

@@ -66,6 +66,8 @@ def export_traffic(session: Session, q: ExportQuery) -> Iterator[dict[str, Any]]
             "service": row.service,
             "server_name": row.server_name,
             "name_source": row.name_source,
+            "version": row.version,
+            "alpn": row.alpn,
             "orig_packets": row.orig_packets,
             "orig_bytes": row.orig_bytes,
             "resp_packets": row.resp_packets,

@@ -166,12 +166,30 @@ def parse_dns(data: bytes, *, netbios: bool = False) -> DnsMessage:
     return msg
 
 
-def tls_server_name(data: bytes) -> str | None:
-    """The SNI of a TLS ClientHello at the start of `data` (one record), else None."""
-    if len(data) < 43 or data[0] != 0x16 or data[5] != 0x01:
+@dataclass(frozen=True, slots=True)
+class ClientHello:
+    """What a TLS ClientHello says in the clear: the server name (SNI), the protocols offered
+    (ALPN, comma-separated as sent, e.g. "h3" or "h2,http/1.1") and the highest TLS version
+    offered ("tls1.3" when supported_versions lists it, else the legacy version field)."""
+
+    server_name: str | None
+    alpn: str | None
+    tls_version: str | None
+
+
+_TLS_VERSIONS: Final = {0x0301: "tls1.0", 0x0302: "tls1.1", 0x0303: "tls1.2", 0x0304: "tls1.3"}
+
+
+def client_hello(data: bytes, start: int = 0, limit: int | None = None) -> ClientHello | None:
+    """A bare ClientHello handshake message (type 1, 3-byte length, body) at data[start:],
+    without the TLS record header: the form QUIC carries in its CRYPTO frames. None when
+    the bytes are not a ClientHello or stop before its extensions."""
+    end = len(data) if limit is None else min(len(data), limit)
+    if end - start < 38 or data[start] != 0x01:
         return None
-    end = min(len(data), 5 + ((data[3] << 8) | data[4]))
-    pos = 5 + 4 + 2 + 32  # record header, handshake header, client version, random
+    end = min(end, start + 4 + int.from_bytes(data[start + 1 : start + 4], "big"))
+    legacy = (data[start + 4] << 8) | data[start + 5]
+    pos = start + 4 + 2 + 32  # handshake header, client version, random
     if pos >= end:
         return None
     pos += 1 + data[pos]  # session id
@@ -185,19 +203,48 @@ def tls_server_name(data: bytes) -> str | None:
         return None
     ext_end = min(end, pos + 2 + ((data[pos] << 8) | data[pos + 1]))
     pos += 2
+    name = alpn = None
+    version = _TLS_VERSIONS.get(legacy)
     while pos + 4 <= ext_end:
         etype = (data[pos] << 8) | data[pos + 1]
         elen = (data[pos + 2] << 8) | data[pos + 3]
         pos += 4
-        if etype == 0 and pos + 5 <= ext_end:
+        body_end = min(pos + elen, ext_end)
+        if etype == 0 and pos + 5 <= body_end:
             # server_name_list: list length (2), name type (1), name length (2), name
             nlen = (data[pos + 3] << 8) | data[pos + 4]
-            name = data[pos + 5 : pos + 5 + nlen]
-            if data[pos + 2] == 0 and name:
-                return name.decode("ascii", "replace").lower()
-            return None
+            raw = data[pos + 5 : min(pos + 5 + nlen, body_end)]
+            if data[pos + 2] == 0 and raw:
+                name = raw.decode("ascii", "replace").lower()
+        elif etype == 16 and pos + 2 <= body_end:
+            # protocol_name_list: list length (2), then (length (1), name) each
+            at, names = pos + 2, []
+            while at < body_end:
+                size = data[at]
+                names.append(data[at + 1 : min(at + 1 + size, body_end)].decode("ascii", "replace"))
+                at += 1 + size
+            alpn = ",".join(names)[:64] or None
+        elif etype == 43 and pos < body_end:
+            # supported_versions: list length (1), then 2-byte versions (GREASE values skipped)
+            offered = [(data[at] << 8) | data[at + 1] for at in range(pos + 1, body_end - 1, 2)]
+            known = [v for v in offered if v in _TLS_VERSIONS]
+            if known:
+                version = _TLS_VERSIONS[max(known)]
         pos += elen
-    return None
+    return ClientHello(name, alpn, version)
+
+
+def tls_client_hello(data: bytes) -> ClientHello | None:
+    """The ClientHello in a TLS record at the start of `data` (a TCP payload), else None."""
+    if len(data) < 43 or data[0] != 0x16 or data[5] != 0x01:
+        return None
+    return client_hello(data, 5, 5 + ((data[3] << 8) | data[4]))
+
+
+def tls_server_name(data: bytes) -> str | None:
+    """The SNI of a TLS ClientHello at the start of `data` (one record), else None."""
+    hello = tls_client_hello(data)
+    return hello.server_name if hello is not None else None
 
 
 _METHODS: Final = (

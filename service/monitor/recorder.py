@@ -24,7 +24,8 @@ _PROTO_NAMES = {parser.PROTO_TCP: "tcp", parser.PROTO_UDP: "udp"}
 
 # A finished flow as the engine hands it over: (first, last, proto, orig address bytes,
 # orig port, resp address bytes, resp port, vlan, orig packets, orig bytes, resp packets,
-# resp bytes, end reason, service, server name, name source, p2p label, info_hash).
+# resp bytes, end reason, service, server name, name source, version, alpn, p2p label,
+# info_hash).
 FlowRecord = tuple[
     float,
     float,
@@ -39,6 +40,8 @@ FlowRecord = tuple[
     int,
     int,
     str,
+    "str | None",
+    "str | None",
     "str | None",
     "str | None",
     "str | None",
@@ -273,6 +276,8 @@ class Recorder:
             service,
             name,
             name_source,
+            version,
+            alpn,
             p2p,
             info_hash,
         ) = record
@@ -312,6 +317,8 @@ class Recorder:
                 service,
                 name,
                 name_source,
+                version,
+                alpn,
                 p2p,
                 info_hash,
                 client,

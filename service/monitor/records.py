@@ -34,6 +34,8 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "service",
         "server_name",
         "name_source",
+        "version",
+        "alpn",
         "p2p",
         "info_hash",
         "client_ip",
@@ -144,6 +146,7 @@ class Counters:
     visits: int = 0
     alerts: int = 0
     kernel_drops: int = 0
+    quic_undecryptable: int = 0  # QUIC Initial packets that did not decrypt (skipped)
     extra: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, int]:

@@ -168,11 +168,9 @@ def _live(
 ) -> None:
     frame_in = monitor.handler(LINK_ETHERNET)  # scapy's L2 socket gives Ethernet frames
     last_drops = time.monotonic()
-    for ts, frame, linktype in live.packets(stop_after=duration, max_packets=max_packets):
-        if linktype == -1:
+    for ts in live.blocks(frame_in, stop_after=duration, max_packets=max_packets):
+        if ts > monitor.now:
             monitor.tick(ts)
-        else:
-            frame_in(ts, frame, 0, len(frame))
         if stop["now"]:
             break
         if time.monotonic() - last_drops > 1.0:
