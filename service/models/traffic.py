@@ -52,7 +52,7 @@ class TrafficFlow(Base):
     service: Mapped[str | None] = mapped_column(String(16))
     server_name: Mapped[str | None] = mapped_column(String(255))
     name_source: Mapped[str | None] = mapped_column(String(8))
-    # "quic-v1", "quic-v2", "quic-draft29", "gquic-Q025"; "tls1.3" for TLS over TCP (0008_q)
+    # "quic-v1", "quic-v2", "quic-draft29", "gquic-Q025"; "tls1.3" for TLS over TCP (0009_q)
     version: Mapped[str | None] = mapped_column(String(16))
     alpn: Mapped[str | None] = mapped_column(String(64))  # offered protocols: "h3", "h2,http/1.1"
     p2p: Mapped[str | None] = mapped_column(String(32))

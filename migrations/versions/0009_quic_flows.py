@@ -5,8 +5,8 @@ TLS version a ClientHello offered ("tls1.3") for TLS over TCP; `alpn` the protoc
 comma-separated as sent ("h3", "h2,http/1.1"). On PostgreSQL the flows table is partitioned by
 day: ALTER on the parent adds the columns to every partition.
 
-Revision ID: 0008_q
-Revises: 0007
+Revision ID: 0009_q
+Revises: 0008_sp
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008_q"
-down_revision = "0007"
+revision = "0009_q"
+down_revision = "0008_sp"
 branch_labels = None
 depends_on = None
 
