@@ -231,18 +231,57 @@ def pg_dump_command(*, url: str, dest: Path) -> PgCommand:
     return PgCommand([*argv, f"--file={dest}", f"--dbname={conninfo}"], env)
 
 
-def pg_restore_command(*, url: str, source: Path) -> PgCommand:
-    """`pg_restore --clean --if-exists --single-transaction`: all of it or, on any error,
-    nothing (the database is left as it was)."""
+def dump_schemas(source: Path) -> list[str]:
+    """The schemas a dump creates besides `public` (the traffic partitions' schema)."""
+    result = subprocess.run(
+        ["pg_restore", "--list", str(source)], capture_output=True, text=True, check=False
+    )
+    return re.findall(r"^\d+; \d+ \d+ SCHEMA - (\S+) ", result.stdout, re.M)
+
+
+def pg_restore_commands(
+    *, url: str, source: Path, schemas: list[str]
+) -> tuple[PgCommand, PgCommand]:
+    """`pg_restore -f -` piped into `psql --single-transaction`, which first drops the
+    schemas the dump holds: all of it or, on any error, nothing (the database is left as it
+    was). (`pg_restore --clean` cannot drop partitioned tables' inherited constraints.)"""
     conninfo, env = _libpq(url)
-    argv = ["pg_restore", "--clean", "--if-exists", "--no-owner", "--no-privileges"]
-    argv += ["--single-transaction", "--exit-on-error", f"--dbname={conninfo}", str(source)]
-    return PgCommand(argv, env)
+    produce = PgCommand(
+        ["pg_restore", "--no-owner", "--no-privileges", "--file=-", str(source)], {}
+    )
+    drops = [f"--command=DROP SCHEMA IF EXISTS {name} CASCADE" for name in schemas]
+    consume = PgCommand(
+        [
+            "psql",
+            "--no-psqlrc",
+            "--quiet",
+            "--single-transaction",
+            "--set=ON_ERROR_STOP=1",
+            *drops,
+            "--command=DROP SCHEMA IF EXISTS public CASCADE",
+            "--command=CREATE SCHEMA public",
+            "--file=-",
+            f"--dbname={conninfo}",
+        ],
+        env,
+    )
+    return produce, consume
+
+
+def pipeline_text(produce: PgCommand, consume: PgCommand) -> str:
+    return f"{produce.shell()} | {consume.shell()}"
+
+
+def _missing(*commands: PgCommand) -> None:
+    for command in commands:
+        if shutil.which(command.argv[0]) is None:
+            raise Invalid(
+                f"{command.argv[0]} is not on PATH (Debian: apt-get install postgresql-client)"
+            )
 
 
 def _run(command: PgCommand) -> None:
-    if shutil.which(command.argv[0]) is None:
-        raise Invalid(f"{command.argv[0]} is not on PATH; run by hand: {command.shell()}")
+    _missing(command)
     result = subprocess.run(
         command.argv,
         env={**os.environ, **command.env},
@@ -310,7 +349,8 @@ def backup_postgres(*, url: str, dest: Path, force: bool = False) -> PgCommand:
     return command
 
 
-def restore_postgres(*, url: str, source: Path, force: bool = False) -> tuple[PgCommand, str]:
+def restore_postgres(*, url: str, source: Path, force: bool = False) -> str:
+    """Replace the database's schemas with the dump's, in one transaction; the revision."""
     revision = pg_backup_revision(source)
     existing = pg_data_rows(url)
     if existing and not force:
@@ -318,9 +358,28 @@ def restore_postgres(*, url: str, source: Path, force: bool = False) -> tuple[Pg
             f"the database holds {existing} row(s) of data: restoring would replace them "
             "(stop the services, then --force)"
         )
-    command = pg_restore_command(url=url, source=source)
-    _run(command)
-    return command, revision
+    produce, consume = pg_restore_commands(url=url, source=source, schemas=dump_schemas(source))
+    _missing(produce, consume)
+    with subprocess.Popen(produce.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as producer:
+        result = subprocess.run(
+            consume.argv,
+            stdin=producer.stdout,
+            env={**os.environ, **consume.env},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if producer.stdout is not None:
+            producer.stdout.close()
+        producer_err = producer.stderr.read().decode(errors="replace") if producer.stderr else ""
+        producer.wait()
+    if producer.returncode != 0:
+        lines = producer_err.strip().splitlines()
+        raise Invalid(f"pg_restore failed, nothing changed: {lines[0] if lines else ''}")
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        raise Invalid(f"psql failed, nothing changed: {lines[0] if lines else result.returncode}")
+    return revision
 
 
 def _quote(arg: str) -> str:

@@ -69,10 +69,16 @@ def restore(
     url = settings.database_url
     if backups.is_postgres(url):
         if print_only:
-            command = backups.pg_restore_command(url=url, source=file)
-            console.print(command.shell(), highlight=False, markup=False, soft_wrap=True)
+            schemas = backups.dump_schemas(file) if file.is_file() else []
+            produce, consume = backups.pg_restore_commands(url=url, source=file, schemas=schemas)
+            console.print(
+                backups.pipeline_text(produce, consume),
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
             return
-        _, revision = backups.restore_postgres(url=url, source=file, force=force)
+        revision = backups.restore_postgres(url=url, source=file, force=force)
         console.print(f"restored {file} (migration {revision})", highlight=False)
     else:
         if print_only:
@@ -86,4 +92,5 @@ def restore(
         "next: `schoolgate db upgrade` (if the backup is older), then restart the services; "
         "restore the keys beside it",
         highlight=False,
+        soft_wrap=True,
     )

@@ -78,6 +78,30 @@ def run_once(argv: Sequence[str], env: Mapping[str, str], cwd: Path, timeout: fl
     return result.stdout
 
 
+def run_all(jobs: Sequence[tuple[Sequence[str], Mapping[str, str]]], cwd: Path) -> None:
+    """One-shot commands started together (each start-up costs a second or more), each of
+    which must exit 0."""
+    processes = [
+        (
+            argv,
+            subprocess.Popen(
+                [*SCHOOLGATE, *argv],
+                env=dict(env),
+                cwd=cwd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            ),
+        )
+        for argv, env in jobs
+    ]
+    for argv, process in processes:
+        output, _ = process.communicate(timeout=120)
+        assert process.returncode == 0, (
+            f"schoolgate {' '.join(argv)} exited {process.returncode}\n{output}"
+        )
+
+
 def seed_school(database_url: str, state_dir: Path) -> bytes:
     """What deploy/README.md has the technician do after `db upgrade` (`policy load`, `nas
     add`), done in-process to spare two start-ups: Westgate's policy and a controller on

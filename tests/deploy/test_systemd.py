@@ -27,6 +27,7 @@ from tests.deploy.stack import (
     Ports,
     check_servers,
     has_metrics,
+    run_all,
     run_once,
     seed_school,
     started,
@@ -276,19 +277,25 @@ def test_unit_commands_run(tmp_path: Path) -> None:
         assert substitute(argv, {"--interface": "lo"}) == argv
         commands["monitor"] = [*argv, "--duration", "4"]
         envs["monitor"] = env("schoolgate-monitor@.service")
+    # The timers' one-shots, each ExecStart= line (exit 0), while the servers run.
+    retention = units["schoolgate-retention.service"]
+    report = units["schoolgate-report.service"]
+    assert "schoolgate/reports" in values(report, "Service", "StateDirectory")
+    (host.state / "reports").mkdir(mode=0o700)  # StateDirectory= creates it
+    oneshots = [
+        (host.command(unit, line), env(name))
+        for name, unit in (
+            ("schoolgate-retention.service", retention),
+            ("schoolgate-report.service", report),
+        )
+        for line in values(unit, "Service", "ExecStart")
+    ]
+    assert len(oneshots) == 5
     with started(commands, envs, host.state) as running:
+        run_all(oneshots, host.state)
         check_servers(
             {k: v for k, v in running.items() if k != "monitor"}, ports, nas_secret, has_metrics()
         )
         if capture:
             assert running["monitor"].process.wait(timeout=60) == 0, running["monitor"].output()
-
-    retention = units["schoolgate-retention.service"]
-    for line in values(retention, "Service", "ExecStart"):
-        run_once(host.command(retention, line), env("schoolgate-retention.service"), host.state)
-    report = units["schoolgate-report.service"]
-    assert "schoolgate/reports" in values(report, "Service", "StateDirectory")
-    (host.state / "reports").mkdir(mode=0o700)  # StateDirectory= creates it
-    for line in values(report, "Service", "ExecStart"):
-        run_once(host.command(report, line), env("schoolgate-report.service"), host.state)
     assert (host.state / "reports" / "alerts.csv").exists()
