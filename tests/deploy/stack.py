@@ -187,7 +187,7 @@ def http_status(url: str) -> int | None:
         return None
 
 
-def wait_until(check: object, what: str, running: Mapping[str, Running], timeout: float = 45):
+def wait_until(check: object, what: str, running: Mapping[str, Running], timeout: float = 120):
     """Poll `check()` until it is true; fail with every log if it never is."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
