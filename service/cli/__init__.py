@@ -38,6 +38,8 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "serve": ("service.cli.serve",),
     "visitor": ("service.cli.visitor",),
     "who": ("service.cli.day",),
+    "backup": ("service.cli.backup",),
+    "restore": ("service.cli.backup",),
     "incident": ("service.cli.day",),
 }
 
