@@ -290,12 +290,16 @@ _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 def registered_domain(name: str) -> str:
-    """The domain a name was registered under, roughly: the last two labels, or three under
-    a country's second level (example.co.uk)."""
-    labels = name.lower().rstrip(".").split(".")
-    if len(labels) > 2 and len(labels[-1]) == 2 and labels[-2] in _SECOND_LEVEL:
-        return ".".join(labels[-3:])
-    return ".".join(labels[-2:])
+    """The domain a (lower-case) name was registered under, roughly: the last two labels, or
+    three under a country's second level (example.co.uk). rpartition, not split: a tunnel's
+    names are long and come by the thousand."""
+    head, _, top = name.rstrip(".").rpartition(".")
+    if not head:
+        return top
+    rest, _, second = head.rpartition(".")
+    if rest and len(top) == 2 and second in _SECOND_LEVEL:
+        return f"{rest.rpartition('.')[2]}.{second}.{top}"
+    return f"{second}.{top}"
 
 
 def _entropy(text: str) -> float:
