@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from service.errors import Invalid
+from service.monitor.bypass import BypassLists, bypass_kind_of, load_bypass_list
 
 SEVERITIES = ("immediate", "weekly")
 
@@ -14,6 +15,8 @@ SEVERITIES = ("immediate", "weekly")
 class CategoryList:
     def __init__(self) -> None:
         self.domains: dict[str, tuple[str, str]] = {}  # domain -> (category, severity)
+        # The folder's `# bypass: KIND` lists (doh.txt, vpn.txt, ...): bypass.py reads them.
+        self.bypass = BypassLists()
 
     def add(self, category: str, severity: str, domains: list[str]) -> None:
         if severity not in SEVERITIES:
@@ -35,22 +38,31 @@ class CategoryList:
 
 
 def load_categories(directory: str | Path) -> CategoryList:
-    """Every `*.txt` or `*.list` file in `directory`."""
+    """Every `*.txt` or `*.list` file in `directory`: a category, or with a `# bypass: KIND`
+    line a list of the bypass detector's (bypass.py)."""
     folder = Path(directory)
     if not folder.is_dir():
         raise Invalid(f"no category directory at {folder}")
     result = CategoryList()
     for path in sorted([*folder.glob("*.txt"), *folder.glob("*.list")]):
         severity = "weekly"
+        bypass = None
         domains = []
-        for raw in path.read_text(encoding="utf-8").splitlines():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for raw in lines:
             line = raw.strip()
             if line.startswith("#"):
                 key, _, value = line[1:].partition(":")
-                if key.strip().lower() == "severity":
+                key = key.strip().lower()
+                if key == "severity":
                     severity = value.strip().lower()
+                elif key == "bypass":
+                    bypass = bypass_kind_of(value)
                 continue
             if line:
                 domains.append(line.split()[0])
-        result.add(path.stem, severity, domains)
+        if bypass is not None:
+            load_bypass_list(result.bypass, path, bypass, lines)
+        else:
+            result.add(path.stem, severity, domains)
     return result

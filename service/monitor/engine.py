@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from service.monitor import extract, parser, quic
+from service.monitor import bypass, extract, parser, quic
 from service.monitor.attribution import Attributor
 from service.monitor.categories import CategoryList
 from service.monitor.recorder import Recorder, RecorderCalls
@@ -467,6 +467,9 @@ class Monitor:
                 host = extract.http_host(payload)
                 if host:
                     flow.name, flow.name_source, flow.service = host, "http", "http"
+            elif first == 0 and bypass.tcp_label(payload) is not None:
+                flow.service = "openvpn"  # over TCP (bypass.py); the recorder alerts
+                flow.o_scan = flow.r_scan = 0
 
     def _udp_payload(self, flow: Flow, payload: bytes, forward: bool) -> None:
         if forward:
@@ -482,6 +485,11 @@ class Monitor:
             flow.service = "quic"
             if forward and flow.name_source is None:
                 self._quic(flow, payload)
+            return
+        vpn = bypass.udp_label(payload, flow.orig_port, flow.resp_port)
+        if vpn is not None:  # WireGuard, OpenVPN, IKE: the recorder raises a bypass alert
+            flow.service = vpn
+            flow.o_scan = flow.r_scan = 0
             return
         if flow.resp_port == 443 or flow.orig_port == 443:
             flow.service = "quic"

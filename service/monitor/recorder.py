@@ -15,6 +15,7 @@ from typing import Protocol
 
 from service.monitor import extract, parser
 from service.monitor.attribution import Attributor
+from service.monitor.bypass import BYPASS_CATEGORY, BypassDetector, Finding
 from service.monitor.categories import CategoryList
 from service.monitor.records import Counters, Due, Sink
 
@@ -138,6 +139,7 @@ class Recorder:
         visit_idle_gap: float = 300.0,
         p2p_severity: str = "weekly",
         counters: Counters | None = None,
+        bypass_alerts: bool = True,
     ) -> None:
         self.sink = sink
         self.site_code = site_code
@@ -153,6 +155,9 @@ class Recorder:
         self._visits_due = Due()
         self._visit_seq = 0
         self.p2p_alerted: dict[str, float] = {}
+        # Bypass alerts (bypass.py), on unless the site's policy says `bypass_alerts = false`.
+        self.bypass = BypassDetector(self.categories.bypass) if bypass_alerts else None
+        self.bypass_alerted: dict[tuple[str, str], float] = {}
 
     # --- DNS, DHCP, ARP -----------------------------------------------------------------
 
@@ -181,6 +186,10 @@ class Recorder:
                 self.dns_any[address] = query
         mac, _source, device_id, person_id = self.attributor.who(client_text, ts)
         self.counters.dns += 1
+        if self.bypass is not None and query:
+            finding = self.bypass.dns(ts, client_text, server_port, query, qtype)
+            if finding is not None:
+                self._bypass_alert(ts, finding, client_text, (mac, device_id, person_id))
         self.sink(
             "dns",
             (
@@ -332,6 +341,18 @@ class Recorder:
         who3 = (mac, device_id, person_id)
         if p2p is not None:
             self._p2p_alert(first, p2p, info_hash, client, server, who3)
+        if self.bypass is not None:
+            finding = self.bypass.flow(
+                _PROTO_NAMES.get(proto) or str(proto),
+                client,
+                server,
+                resp_port if server == resp else orig_port,
+                service,
+                name,
+                name_source,
+            )
+            if finding is not None:
+                self._bypass_alert(first, finding, client, who3)
         if name is not None and service != "dns":
             self._visit(first, last, name, name_source, client, who3, up, down)
 
@@ -418,6 +439,15 @@ class Recorder:
             evidence += f" info_hash={info_hash}"
         self._alert(first, "p2p", "peer-to-peer", self.p2p_severity, client, who, evidence)
 
+    def _bypass_alert(self, ts: float, finding: Finding, client: str, who: Who3) -> None:
+        kind = finding.kind.value
+        key = (who[0] or client, kind)
+        last = self.bypass_alerted.get(key)
+        if last is not None and abs(ts - last) < 3600:
+            return  # one alert per device and kind an hour; the flows and DNS rows carry the rest
+        self.bypass_alerted[key] = ts
+        self._alert(ts, kind, BYPASS_CATEGORY, "weekly", client, who, finding.evidence)
+
     def _alert(
         self,
         ts: float,
@@ -449,6 +479,8 @@ class Recorder:
 
     def tick(self, now: float) -> None:
         """Write out the visits idle for longer than the gap, in the order they began."""
+        if self.bypass is not None:
+            self.bypass.expire(now)
         visits = self._visits_due.pop_due(now)
         if visits:
             gap = self.visit_idle_gap

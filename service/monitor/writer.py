@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import sqltypes
 
 from service.db import describe_database_error, make_engine
-from service.errors import Invalid, SchoolgateError
+from service.errors import Invalid, NotFound, SchoolgateError
+from service.facts import load_policy
 from service.models import Device, Person, Site
 from service.models.base import UTCDateTime, sqlite_time
 from service.models.traffic import (
@@ -66,6 +67,9 @@ def record_and_write(setup: Setup, batches: Any, results: Any) -> None:
                 if site is None:
                     raise Invalid(f"no site {setup.site_code!r}")
                 timezone = site.timezone
+                bypass_alerts = bypass_alerts_on(session, setup.site_code)
+            else:
+                bypass_alerts = True
             attributor = load_attributor(session, site_code=setup.site_code)
         inserter = _Inserter(engine)
     except SchoolgateError as exc:
@@ -96,6 +100,7 @@ def record_and_write(setup: Setup, batches: Any, results: Any) -> None:
         categories=setup.categories,
         visit_idle_gap=setup.visit_idle_gap,
         counters=counters,
+        bypass_alerts=bypass_alerts,
     )
     calls = [getattr(recorder, name) for name in CALLS]
     errors = 0
@@ -133,6 +138,14 @@ def record_and_write(setup: Setup, batches: Any, results: Any) -> None:
         )
     )
     results.close()
+
+
+def bypass_alerts_on(session: Session, site_code: str) -> bool:
+    """The site policy's `[monitor] bypass_alerts` (on for a site with no policy yet)."""
+    try:
+        return load_policy(session, site_code).bypass_alerts
+    except NotFound:
+        return True
 
 
 def summary_names(session: Session, kept: dict[str, list[Row]]) -> dict[str, dict[int, str]]:

@@ -42,6 +42,7 @@ TOP_KEYS = {
     "locations",
     "rules",
     "radius",
+    "monitor",
 }
 RULE_KEYS = {
     "name",
@@ -179,6 +180,11 @@ class _Validator:
             explanations={str(k): v for k, v in explanations.items()},
             when_stale=self.when_stale(data),
             visitor_verify=self.visitor_verify(visitor),
+            bypass_alerts=self.boolean(
+                self.table(data, "monitor", {"bypass_alerts"}),
+                "monitor.bypass_alerts",
+                default=True,
+            ),
         )
 
     # -- sections ---------------------------------------------------------------------------

@@ -159,6 +159,9 @@ class SitePolicy:
     when_stale: str = "registration"
     # `[visitor] verify`: how a visitor proves they are one before the AUA gives internet.
     visitor_verify: VisitorVerify = VisitorVerify.SELF
+    # `[monitor] bypass_alerts`: the traffic monitor's alerts on attempts to bypass the
+    # filter (VPNs, encrypted DNS, Tor, proxies, DNS tunnels); on unless a site says false.
+    bypass_alerts: bool = True
     # Memo tables the engine fills as it goes (location by NAS identifiers, local clock by
     # minute, boundaries by day). They make repeated decisions cheap and do not change answers.
     _memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
