@@ -21,6 +21,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, aliased
 
 from service import enforcement
+from service.device_names import export_names
 from service.devices import list_devices
 from service.export_types import Exporter, ExportQuery, iso
 from service.models import (
@@ -241,7 +242,12 @@ CORE_EXPORTS: dict[str, Exporter] = {
 
 def all_exporters() -> dict[str, Exporter]:
     """The core's exporters plus every area's `EXPORTS`."""
-    return {**CORE_EXPORTS, **enforcement.EXPORTS, **monitor_exports.EXPORTS}
+    return {
+        **CORE_EXPORTS,
+        **enforcement.EXPORTS,
+        **monitor_exports.EXPORTS,
+        "names": export_names,
+    }
 
 
 ZoneFor = Callable[[dict[str, Any]], tzinfo | None]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from service import devices, registry
+from service import device_names, devices, registry
 from service.cli.common import (
     DryRunOption,
     JsonOption,
@@ -194,6 +194,11 @@ def device_list(
             if (status is None or d.status.value == status)
             and (device_class is None or d.device_class.value == device_class)
         ]
+        seen = device_names.names_of(session=session, macs=[row["mac"] for row in rows])
+    for row in rows:
+        # The names the device goes by on the network (mDNS, NetBIOS, DHCP...), newest first.
+        names = list(dict.fromkeys(n.name for n in seen.get(row["mac"], [])))
+        row["seen_as"] = names if as_json else ", ".join(names) or None
     print_rows(
         rows,
         [
@@ -204,12 +209,21 @@ def device_list(
             "owner",
             "asset_tag",
             "name",
+            "seen_as",
             "needs_reassignment",
         ],
         as_json,
         empty="no devices",
         wide=wide,
-        drop_order=["needs_reassignment", "name", "site", "asset_tag", "owner", "device_class"],
+        drop_order=[
+            "seen_as",
+            "needs_reassignment",
+            "name",
+            "site",
+            "asset_tag",
+            "owner",
+            "device_class",
+        ],
     )
 
 
@@ -263,6 +277,16 @@ def device_show(
             }
             for i in record.incidents
         ]
+        seen_as = [
+            {
+                "name": n.name,
+                "source": n.source,
+                "ip": n.ip,
+                "first_seen": n.first_seen.isoformat(timespec="seconds"),
+                "last_seen": n.last_seen.isoformat(timespec="seconds"),
+            }
+            for n in device_names.names_of(session=session, macs=[device.mac]).get(device.mac, [])
+        ]
         data = {
             "mac": device.mac,
             "site": record.site,
@@ -284,6 +308,7 @@ def device_show(
             "signatures": signatures,
             "exceptions": grants,
             "incidents": incidents,
+            "seen_as": seen_as,
         }
     if as_json:
         print_json(data)
@@ -317,6 +342,13 @@ def device_show(
         console.print(
             f"{'exception':>18}: {grant['access']} — {grant['reason']} "
             f"(by {grant['approved_by']}, until {grant['until'] or 'no expiry'})",
+            highlight=False,
+        )
+    for seen in seen_as:
+        console.print(
+            f"{'seen as':>18}: {seen['name']} ({seen['source']}"
+            f"{', ' + seen['ip'] if seen['ip'] else ''}; {seen['first_seen']} to "
+            f"{seen['last_seen']})",
             highlight=False,
         )
     for incident in incidents:

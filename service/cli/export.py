@@ -25,7 +25,7 @@ def export(
     name: str = typer.Argument(
         ...,
         help="devices, decisions, sessions, signatures, incidents, exceptions, audit, coa, "
-        "traffic, dns, visits, dhcp, alerts.",
+        "traffic, dns, visits, dhcp, alerts, names.",
     ),
     fmt: str = typer.Option("csv", "--format", help="csv or jsonl"),
     since: str | None = typer.Option(None, "--since", help="ISO 8601 (site-local if no offset)"),

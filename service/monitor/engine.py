@@ -22,6 +22,9 @@ _PAYLOAD_PACKETS = 4  # how many payload packets per direction are searched for 
 _TCP_IDLE = 300.0
 _UDP_IDLE = 60.0
 _DNS_PORTS = frozenset({53, 137, 5353, 5355})
+_LOCAL_NAME_PORTS = frozenset({137, 5353, 5355})  # where devices announce their own names
+_DNS_TCP_LIMIT = 65536  # bytes of an unfinished DNS-over-TCP message waited for, per direction
+_ALWAYS = 1 << 62  # Flow.o_scan/r_scan of a DNS-over-TCP flow: every payload is parsed
 _DHCP_PORTS = frozenset({67, 68})
 _SERVICE_BY_PORT = {
     53: "dns",
@@ -35,6 +38,8 @@ _SERVICE_BY_PORT = {
     123: "ntp",
 }
 
+
+_LOCAL_SOURCES = {137: "netbios", 5353: "mdns", 5355: "llmnr"}
 
 _DNS = 1  # Flow.kind of a UDP flow on a DNS port (every payload is parsed as DNS)
 _DHCP = 2  # Flow.kind of a UDP flow between DHCP ports
@@ -56,9 +61,11 @@ def _pair(a: bytes, b: bytes) -> bytes:
 class Flow:
     __slots__ = (
         "alpn",
+        "dns_stream",
         "done",
         "end_reason",
         "first",
+        "http_head",
         "info_hash",
         "key",
         "kind",
@@ -126,6 +133,10 @@ class Flow:
         self.seq = 0
         self.table: dict[bytes, tuple[Flow, bool]] | None = None
         self.key = self.rkey = b""
+        # DNS over TCP: each direction's bytes of a message not yet complete (_dns_tcp).
+        self.dns_stream: list[bytes] | None = None
+        # An HTTP request header still waiting for its Host line (_http_request).
+        self.http_head: bytes | None = None
 
 
 class Monitor:
@@ -285,6 +296,7 @@ class Monitor:
                             key[4:8],
                             dport,
                             buf[start + 42 : start + 14 + total],
+                            buf[start + 6 : start + 12],
                         )
                     elif kind == _DHCP:
                         self._dhcp(ts, buf[start + 42 : start + 14 + total])
@@ -294,7 +306,20 @@ class Monitor:
             payload = buf[start + 42 : start + 14 + total]
             flags = 0
         src, dst = key[0:4], key[4:8]
-        self._flow_packet(ts, proto, key, src, sport, dst, dport, flags, 0, total, payload)
+        self._flow_packet(
+            ts,
+            proto,
+            key,
+            src,
+            sport,
+            dst,
+            dport,
+            flags,
+            0,
+            total,
+            payload,
+            buf[start + 6 : start + 12],
+        )
 
     def _parsed(self, ts: float, frame: bytes, linktype: int) -> None:
         """Any frame, through the full parser."""
@@ -327,7 +352,9 @@ class Monitor:
             self._arp(ts, src, src_mac, sport)
             return
         key = parser.flow_key(src, dst, sport, dport)
-        self._flow_packet(ts, proto, key, src, sport, dst, dport, flags, vlan, ip_len, payload)
+        self._flow_packet(
+            ts, proto, key, src, sport, dst, dport, flags, vlan, ip_len, payload, src_mac
+        )
 
     def _flow_packet(
         self,
@@ -342,6 +369,7 @@ class Monitor:
         vlan: int,
         ip_len: int,
         payload: bytes,
+        src_mac: bytes = b"",
     ) -> None:
         """One IP packet of a flow, every case (the fast path in `_ether` is the common
         subset of this, kept in step with it)."""
@@ -378,7 +406,7 @@ class Monitor:
                 self._tcp_payload(flow, payload, forward)
         elif proto == parser.PROTO_UDP and payload:
             if flow.kind == _DNS:
-                self._dns(ts, src, sport, dst, dport, payload)
+                self._dns(ts, src, sport, dst, dport, payload, src_mac)
             elif flow.kind == _DHCP:
                 self._dhcp(ts, payload)
             elif flow.o_scan if forward else flow.r_scan:
@@ -450,6 +478,20 @@ class Monitor:
             flow.o_scan -= 1
         else:
             flow.r_scan -= 1
+        if flow.dns_stream is not None:
+            self._dns_tcp(flow, payload, forward)
+            return
+        if (flow.resp_port == 53 or flow.orig_port == 53) and flow.p2p is None:
+            # DNS over TCP (port 53 only: 853 is TLS, 5353 is multicast over UDP): every
+            # message of the connection is parsed, keepalive connections carry many.
+            flow.dns_stream = [b"", b""]
+            flow.o_scan = flow.r_scan = _ALWAYS
+            flow.service = "dns"
+            self._dns_tcp(flow, payload, forward)
+            return
+        if forward and flow.http_head is not None:
+            self._http_request(flow, flow.http_head + payload)
+            return
         if flow.p2p is None or flow.p2p.startswith("peer:"):
             found = extract.bittorrent_tcp(payload)
             if found is not None:
@@ -464,12 +506,54 @@ class Monitor:
                     flow.version, flow.alpn = hello.tls_version, hello.alpn
                     flow.o_scan = 0
             elif 0x41 <= first <= 0x5A:
-                host = extract.http_host(payload)
-                if host:
-                    flow.name, flow.name_source, flow.service = host, "http", "http"
+                self._http_request(flow, payload)
             elif first == 0 and bypass.tcp_label(payload) is not None:
                 flow.service = "openvpn"  # over TCP (bypass.py); the recorder alerts
                 flow.o_scan = flow.r_scan = 0
+
+    def _http_request(self, flow: Flow, data: bytes) -> None:
+        """An HTTP request header (or its start, joined to what came before): the Host, or for
+        CONNECT the proxied host with service "http-connect". A header cut before its Host line
+        is kept (up to extract's limit) for the next few segments."""
+        flow.http_head = None
+        request = extract.http_request(data)
+        if request is None:
+            return
+        if request.host:
+            flow.name, flow.name_source = request.host, "http"
+            flow.service = "http-connect" if request.method == "CONNECT" else "http"
+        elif not request.complete:
+            flow.http_head = data  # read with the next segments, while o_scan lasts
+
+    def _dns_tcp(self, flow: Flow, payload: bytes, forward: bool) -> None:
+        """DNS over TCP (RFC 7766): each message is preceded by its 2-byte length; one segment
+        may carry several and a message may span segments. Both directions' unfinished bytes
+        wait on the flow, up to _DNS_TCP_LIMIT; past that (not DNS, or lost segments) the
+        flow's payload is no longer read."""
+        stream = flow.dns_stream
+        if stream is None:
+            return
+        side = 0 if forward else 1
+        data = stream[side] + payload if stream[side] else payload
+        if forward:
+            src, sport, dst, dport = flow.orig, flow.orig_port, flow.resp, flow.resp_port
+        else:
+            src, sport, dst, dport = flow.resp, flow.resp_port, flow.orig, flow.orig_port
+        at = 0
+        end = len(data)
+        while at + 2 <= end:
+            size = (data[at] << 8) | data[at + 1]
+            if at + 2 + size > end:
+                break
+            self._dns(flow.last, src, sport, dst, dport, data[at + 2 : at + 2 + size])
+            at += 2 + size
+        rest = data[at:]
+        if len(rest) > _DNS_TCP_LIMIT:
+            self.counters.dns_errors += 1
+            flow.dns_stream = None
+            flow.o_scan = flow.r_scan = 0
+            return
+        stream[side] = rest
 
     def _udp_payload(self, flow: Flow, payload: bytes, forward: bool) -> None:
         if forward:
@@ -533,13 +617,22 @@ class Monitor:
     # --- DNS, DHCP, ARP -----------------------------------------------------------------
 
     def _dns(
-        self, ts: float, src: bytes, sport: int, dst: bytes, dport: int, payload: bytes
+        self,
+        ts: float,
+        src: bytes,
+        sport: int,
+        dst: bytes,
+        dport: int,
+        payload: bytes,
+        src_mac: bytes = b"",
     ) -> None:
         try:
             msg = extract.parse_dns(payload, netbios=sport == 137 or dport == 137)
         except (ValueError, IndexError, UnicodeError):
             self.counters.dns_errors += 1
             return
+        if sport in _LOCAL_NAME_PORTS:
+            self._local_names(ts, src, sport, payload, src_mac)
         if not msg.is_response:
             self.pending_dns[(src, sport, dst, dport, msg.trans_id)] = (ts, msg)
             return
@@ -562,6 +655,19 @@ class Monitor:
             msg.addresses,
             ts - pending[0] if pending else None,
         )
+
+    def _local_names(
+        self, ts: float, src: bytes, sport: int, payload: bytes, src_mac: bytes
+    ) -> None:
+        """The names a device announces for itself (mDNS, LLMNR, NetBIOS), to the recorder
+        with the sender's address and frame MAC: it decides which MAC the name belongs to."""
+        try:
+            names = extract.local_names(payload, sport)
+        except (ValueError, IndexError, UnicodeError):
+            return  # counted once already, by parse_dns
+        source = _LOCAL_SOURCES[sport]
+        for name, address in names:
+            self.recorder.local_name(ts, address, src, src_mac, name, source)
 
     def _unanswered(
         self, key: tuple[bytes, int, bytes, int, int], ts: float, msg: extract.DnsMessage

@@ -12,19 +12,102 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Final
 
+# Query and record types by number (IANA "Resource Record (RR) TYPEs"); a type not here is
+# written "TYPE<n>" (RFC 3597's presentation form), see `qtype_name`.
 DNS_TYPES: Final = {
     1: "A",
     2: "NS",
+    3: "MD",
+    4: "MF",
     5: "CNAME",
     6: "SOA",
+    7: "MB",
+    8: "MG",
+    9: "MR",
+    10: "NULL",
+    11: "WKS",
     12: "PTR",
+    13: "HINFO",
+    14: "MINFO",
     15: "MX",
     16: "TXT",
+    17: "RP",
+    18: "AFSDB",
+    19: "X25",
+    20: "ISDN",
+    21: "RT",
+    22: "NSAP",
+    23: "NSAP-PTR",
+    24: "SIG",
+    25: "KEY",
+    26: "PX",
+    27: "GPOS",
     28: "AAAA",
+    29: "LOC",
+    30: "NXT",
+    31: "EID",
+    32: "NIMLOC",
     33: "SRV",
+    34: "ATMA",
+    35: "NAPTR",
+    36: "KX",
+    37: "CERT",
+    38: "A6",
+    39: "DNAME",
+    40: "SINK",
+    41: "OPT",
+    42: "APL",
+    43: "DS",
+    44: "SSHFP",
+    45: "IPSECKEY",
+    46: "RRSIG",
+    47: "NSEC",
+    48: "DNSKEY",
+    49: "DHCID",
+    50: "NSEC3",
+    51: "NSEC3PARAM",
+    52: "TLSA",
+    53: "SMIMEA",
+    55: "HIP",
+    56: "NINFO",
+    57: "RKEY",
+    58: "TALINK",
+    59: "CDS",
+    60: "CDNSKEY",
+    61: "OPENPGPKEY",
+    62: "CSYNC",
+    63: "ZONEMD",
+    64: "SVCB",
     65: "HTTPS",
+    99: "SPF",
+    100: "UINFO",
+    101: "UID",
+    102: "GID",
+    103: "UNSPEC",
+    104: "NID",
+    105: "L32",
+    106: "L64",
+    107: "LP",
+    108: "EUI48",
+    109: "EUI64",
+    249: "TKEY",
+    250: "TSIG",
+    251: "IXFR",
+    252: "AXFR",
+    253: "MAILB",
+    254: "MAILA",
     255: "*",
+    256: "URI",
+    257: "CAA",
+    258: "AVC",
+    259: "DOA",
+    260: "AMTRELAY",
+    261: "RESINFO",
+    32768: "TA",
+    32769: "DLV",
 }
+# NetBIOS name service (RFC 1002 4.2.1.2) reuses two numbers for its own types.
+NETBIOS_TYPES: Final = {32: "NB", 33: "NBSTAT"}
 RCODES: Final = {
     0: "NOERROR",
     1: "FORMERR",
@@ -33,6 +116,16 @@ RCODES: Final = {
     4: "NOTIMP",
     5: "REFUSED",
 }
+
+
+def qtype_name(qtype: int | None, *, netbios: bool = False) -> str | None:
+    """The name of a query type: every registered type, NB/NBSTAT on the NetBIOS port, and
+    any other number as "TYPE<n>" (RFC 3597), so no query goes unnamed."""
+    if qtype is None:
+        return None
+    if netbios and qtype in NETBIOS_TYPES:
+        return NETBIOS_TYPES[qtype]
+    return DNS_TYPES.get(qtype) or f"TYPE{qtype}"
 
 
 @dataclass(slots=True)
@@ -166,6 +259,104 @@ def parse_dns(data: bytes, *, netbios: bool = False) -> DnsMessage:
     return msg
 
 
+# --- local names: mDNS, LLMNR, NetBIOS name service --------------------------------------
+
+MDNS_PORT: Final = 5353
+LLMNR_PORT: Final = 5355
+NETBIOS_NS_PORT: Final = 137
+_NETBIOS_DEVICE_SUFFIXES: Final = (0x00, 0x20)  # workstation, file server: a machine's name
+_NETBIOS_CLAIMS: Final = (5, 8, 9)  # opcodes: registration, refresh (RFC 1002 4.2.1.1)
+
+
+def _netbios_unique(name: str) -> str | None:
+    """A NetBIOS-encoded owner name as the machine name it stands for, or None when it is not
+    one (a group or domain suffix such as <1c>, the '*' of a node status query, not encoded)."""
+    first = name.partition(".")[0]
+    if len(first) != 32 or first.strip(_NIBBLES):
+        return None
+    raw = bytes.fromhex(first.translate(_AS_HEX))
+    if raw[15] not in _NETBIOS_DEVICE_SUFFIXES or raw[0] in (0x2A, 0):
+        return None
+    text = raw[:15].decode("ascii", "replace").rstrip()
+    return text or None
+
+
+def _reverse_address(owner: str) -> bytes | None:
+    """The address a reverse-lookup owner name stands for (7.2.0.10.in-addr.arpa -> 10.0.2.7)."""
+    lower = owner.lower()
+    try:
+        if lower.endswith(".in-addr.arpa"):
+            parts = lower[: -len(".in-addr.arpa")].split(".")
+            if len(parts) == 4:
+                return bytes(int(p) for p in reversed(parts))
+        elif lower.endswith(".ip6.arpa"):
+            nibbles = lower[: -len(".ip6.arpa")].split(".")
+            if len(nibbles) == 32:
+                return bytes.fromhex("".join(reversed(nibbles)))
+    except ValueError:
+        return None
+    return None
+
+
+def local_names(data: bytes, port: int) -> list[tuple[str, bytes]]:
+    """The names a device claims for itself in one mDNS (5353), LLMNR (5355) or NetBIOS name
+    service (137) message, as (name, address bytes) pairs: mDNS A/AAAA records of `x.local`
+    and reverse PTRs to `x.local` in any section (answers, probes and announcements); LLMNR
+    answers; NetBIOS registrations, refreshes and positive answers for a machine's own name
+    (not group names). Queries for other devices' names claim nothing. Raises ValueError on a
+    corrupt message."""
+    if len(data) < 12:
+        raise ValueError("DNS message shorter than its header")
+    flags = (data[2] << 8) | data[3]
+    response = bool(flags & 0x8000)
+    opcode = (flags >> 11) & 0x0F
+    if port == LLMNR_PORT and (not response or flags & 0x0F):
+        return []
+    if port == NETBIOS_NS_PORT and not (
+        opcode in _NETBIOS_CLAIMS or (response and opcode == 0 and not flags & 0x0F)
+    ):
+        return []
+    qdcount = (data[4] << 8) | data[5]
+    records = ((data[6] << 8) | data[7]) + ((data[8] << 8) | data[9])
+    records += (data[10] << 8) | data[11]
+    pos = 12
+    for _ in range(qdcount):
+        pos = _name(data, pos)[1] + 4
+    found: list[tuple[str, bytes]] = []
+    for _ in range(min(records, 64)):
+        owner, pos = _name(data, pos)
+        if pos + 10 > len(data):
+            raise ValueError("DNS record truncated")
+        rtype = (data[pos] << 8) | data[pos + 1]
+        rdlen = (data[pos + 8] << 8) | data[pos + 9]
+        rdata_at = pos + 10
+        pos = rdata_at + rdlen
+        if pos > len(data):
+            raise ValueError("DNS rdata truncated")
+        if port == NETBIOS_NS_PORT:
+            if rtype == 32 and rdlen >= 6:
+                name = _netbios_unique(owner)
+                if name is not None:  # each entry: NB flags (G bit: a group name), address
+                    found.extend(
+                        (name, data[at + 2 : at + 6])
+                        for at in range(rdata_at, pos - 5, 6)
+                        if not data[at] & 0x80
+                    )
+            continue
+        if (rtype == 1 and rdlen == 4) or (rtype == 28 and rdlen == 16):
+            if port == MDNS_PORT:
+                if owner.lower().endswith(".local"):
+                    found.append((owner[:-6], data[rdata_at:pos]))
+            else:
+                found.append((owner, data[rdata_at:pos]))
+        elif rtype == 12 and port == MDNS_PORT:
+            target = _name(data, rdata_at)[0]
+            address = _reverse_address(owner)
+            if address is not None and target.lower().endswith(".local"):
+                found.append((target[:-6], address))
+    return [(name, address) for name, address in found if name and "." not in name]
+
+
 @dataclass(frozen=True, slots=True)
 class ClientHello:
     """What a TLS ClientHello says in the clear: the server name (SNI), the protocols offered
@@ -247,32 +438,60 @@ def tls_server_name(data: bytes) -> str | None:
     return hello.server_name if hello is not None else None
 
 
-_METHODS: Final = (
-    b"GET ",
-    b"POST ",
-    b"HEAD ",
-    b"PUT ",
-    b"DELETE ",
-    b"OPTIONS ",
-    b"PATCH ",
-    b"CONNECT ",
-)
+_HEADER_LIMIT: Final = 8192  # an HTTP request header longer than this is not waited for
+
+
+@dataclass(slots=True)
+class HttpRequest:
+    method: str
+    host: str | None  # the proxied host for CONNECT, else the Host header (without the port)
+    complete: bool  # the header's end (or the Host line's) was in the bytes
+
+
+def _strip_port(value: str) -> str | None:
+    if value.startswith("["):
+        return value[1:].split("]", maxsplit=1)[0] or None
+    return (value.rsplit(":", 1)[0] if value.count(":") == 1 else value) or None
+
+
+def http_request(data: bytes) -> HttpRequest | None:
+    """The method and host of an HTTP/1 request starting at `data`, as clients send it: any
+    method token, lines ending in CRLF or a bare LF, `CONNECT host:port` (the host is the
+    proxied one). `complete` is False while the header may still go on in the next segment
+    and no Host was found yet (the caller may wait for more). None when `data` does not start
+    like an HTTP request. Only the request line's method and the host are read: never the path,
+    another header or the body."""
+    head = data[:_HEADER_LIMIT]
+    space = head.find(b" ", 0, 24)
+    if space < 3 or not head[:space].isupper() or not head[:space].isalpha():
+        return None
+    method = head[:space].decode("ascii")
+    line_end = head.find(b"\n")
+    line = head[: line_end if line_end >= 0 else len(head)].rstrip(b"\r")
+    parts = line.split(b" ")
+    if line_end >= 0 and (len(parts) != 3 or not parts[2].startswith(b"HTTP/")):
+        return None
+    if line_end < 0:
+        return HttpRequest(method, None, len(data) >= _HEADER_LIMIT)
+    if method == "CONNECT":
+        target = parts[1].decode("ascii", "replace").lower()
+        return HttpRequest(method, _strip_port(target), True)
+    lower = head.lower()
+    at = lower.find(b"\nhost:", line_end - 1)
+    if at >= 0:
+        stop = head.find(b"\n", at + 7)
+        if stop >= 0 or len(data) >= _HEADER_LIMIT:
+            value = head[at + 7 : stop if stop >= 0 else len(head)].strip()
+            return HttpRequest(method, _strip_port(value.decode("ascii", "replace").lower()), True)
+        return HttpRequest(method, None, False)
+    ended = b"\n\n" in head or b"\n\r\n" in head or len(data) >= _HEADER_LIMIT
+    return HttpRequest(method, None, ended)
 
 
 def http_host(data: bytes) -> str | None:
-    """The Host header of an HTTP request starting at `data`; nothing else is read."""
-    if not data.startswith(_METHODS):
-        return None
-    head = data[:4096]
-    at = head.lower().find(b"\r\nhost:")
-    if at < 0:
-        return None
-    stop = head.find(b"\r\n", at + 7)
-    value = head[at + 7 : stop if stop >= 0 else len(head)].strip()
-    host = value.decode("ascii", "replace").lower()
-    if host.startswith("["):
-        return host.split("]")[0][1:] or None
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host or None
+    """The Host header (or CONNECT's proxied host) of an HTTP request starting at `data`."""
+    request = http_request(data)
+    return request.host if request is not None else None
 
 
 # --- peer-to-peer markers ---------------------------------------------------------------

@@ -22,6 +22,7 @@ from service.monitor.records import Counters, Due, Sink
 _ip_text = extract.address_text
 _TEXT = extract.ADDRESS_TEXT  # its cache, read first on the per-flow path
 _PROTO_NAMES = {parser.PROTO_TCP: "tcp", parser.PROTO_UDP: "udp"}
+_NAME_REFRESH = 600.0  # seconds between two rows for the same device name (see local_name)
 
 # A finished flow as the engine hands it over: (first, last, proto, orig address bytes,
 # orig port, resp address bytes, resp port, vlan, orig packets, orig bytes, resp packets,
@@ -91,6 +92,17 @@ class RecorderCalls(Protocol):
 
     def arp(self, ts: float, sender_ip: bytes, sender_mac: bytes, opcode: int, /) -> None: ...
 
+    def local_name(
+        self,
+        ts: float,
+        address: bytes,
+        sender: bytes,
+        sender_mac: bytes,
+        name: str,
+        source: str,
+        /,
+    ) -> None: ...
+
     def tick(self, now: float, /) -> None: ...
 
     def finish(self) -> None: ...
@@ -158,6 +170,9 @@ class Recorder:
         # Bypass alerts (bypass.py), on unless the site's policy says `bypass_alerts = false`.
         self.bypass = BypassDetector(self.categories.bypass) if bypass_alerts else None
         self.bypass_alerted: dict[tuple[str, str], float] = {}
+        # (mac, name, source, ip) -> when last written: a name is written again at most every
+        # _NAME_REFRESH seconds (devices announce every few seconds; the row keeps last seen).
+        self.names_written: dict[tuple[str, str, str, str | None], float] = {}
 
     # --- DNS, DHCP, ARP -----------------------------------------------------------------
 
@@ -202,7 +217,7 @@ class Recorder:
                 trans_id,
                 query,
                 qtype,
-                extract.DNS_TYPES.get(qtype or -1),
+                extract.qtype_name(qtype, netbios=server_port == 137),
                 rcode,
                 None if rcode is None else extract.RCODES.get(rcode),
                 rtt,
@@ -244,6 +259,49 @@ class Recorder:
                 is_lease,
             ),
         )
+        if hostname:
+            self._device_name(ts, mac, ip or requested_ip, hostname, "dhcp")
+
+    def local_name(
+        self,
+        ts: float,
+        address: bytes,
+        sender: bytes,
+        sender_mac: bytes,
+        name: str,
+        source: str,
+    ) -> None:
+        """A name a device announced (mDNS, LLMNR, NetBIOS) for `address`. Whose it is: the
+        sender's frame MAC when it announced its own address (these protocols stay on the
+        local link), else whoever held `address` then (attribution: a NetBIOS server answers
+        for other machines, a sleep proxy for sleeping ones). An mDNS host lists all its
+        addresses (privacy IPv6 ones too): one nobody else is known to hold is the sender's.
+        Unattributable: counted and dropped."""
+        ip = _ip_text(address)
+        mac: str | None = None
+        if address != sender:
+            mac = self.attributor.who(ip, ts)[0]
+        if mac is None and len(sender_mac) == 6 and (address == sender or source == "mdns"):
+            mac = sender_mac.hex(":")
+        if mac is None:
+            self.counters.extra["names_without_mac"] = (
+                self.counters.extra.get("names_without_mac", 0) + 1
+            )
+            return
+        self._device_name(ts, mac, ip, name, source)
+
+    def _device_name(self, ts: float, mac: str, ip: str | None, name: str, source: str) -> None:
+        name = name.strip()[:255]
+        if not name or not name.isprintable():
+            return
+        key = (mac, name, source, ip)
+        last = self.names_written.get(key)
+        if last is not None and 0 <= ts - last < _NAME_REFRESH:
+            return
+        if len(self.names_written) > 100_000:
+            self.names_written.clear()
+        self.names_written[key] = ts
+        self.sink("names", (self.site_code, ts, ts, mac, ip, name, source))
 
     def arp(self, ts: float, sender_ip: bytes, sender_mac: bytes, opcode: int) -> None:
         ip = _ip_text(sender_ip)
@@ -499,4 +557,4 @@ class Recorder:
 
 
 # The calls by number, as recording.Recording sends them (writer.record_and_write).
-CALLS = ("flow", "dns", "dhcp", "arp", "tick", "finish")
+CALLS = ("flow", "dns", "dhcp", "arp", "tick", "finish", "local_name")

@@ -19,7 +19,8 @@ from service.monitor.messages import Failed, Ready, RecordingResult, Setup
 from service.monitor.recorder import CALLS
 
 Event = tuple[int, tuple[Any, ...]]  # (index of the call in recorder.CALLS, its arguments)
-_FLOW, _DNS, _DHCP, _ARP, _TICK, _FINISH = range(len(CALLS))
+_FLOW, _DNS, _DHCP, _ARP, _TICK, _FINISH = range(6)
+_LOCAL_NAME = CALLS.index("local_name")
 
 
 class Recording:
@@ -60,6 +61,9 @@ class Recording:
 
     def arp(self, *args: Any) -> None:
         self._put((_ARP, args))
+
+    def local_name(self, *args: Any) -> None:
+        self._put((_LOCAL_NAME, args))
 
     def tick(self, *args: Any) -> None:
         self._put((_TICK, args))

@@ -91,6 +91,9 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "person_id",
         "evidence",
     ),
+    # Device names (recorder.local_name, DHCP hostnames): upserted, not appended
+    # (service.device_names.record_device_names).
+    "names": ("site_code", "first_seen", "last_seen", "mac", "ip", "name", "source"),
     "bindings": (
         "site_code",
         "seen_at",
@@ -114,6 +117,7 @@ TIME_COLUMNS: dict[str, tuple[str, ...]] = {
     "visits": ("started_at", "ended_at"),
     "alerts": ("raised_at",),
     "bindings": ("seen_at",),
+    "names": ("first_seen", "last_seen"),
 }
 P2P_FIELD = FIELDS["flows"].index("p2p")
 NEVER = 1e15  # expiry times from here on (an infinite visit gap) are never due

@@ -21,10 +21,12 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import sqltypes
 
 from service.db import describe_database_error, make_engine
+from service.device_names import record_device_names
 from service.errors import Invalid, NotFound, SchoolgateError
 from service.facts import load_policy
 from service.models import Device, Person, Site
 from service.models.base import UTCDateTime, sqlite_time
+from service.models.names import DeviceName
 from service.models.traffic import (
     PARTITION_COLUMNS,
     TrafficAlert,
@@ -44,7 +46,9 @@ TABLES: dict[str, Any] = {
     "visits": TrafficVisit.__table__,
     "alerts": TrafficAlert.__table__,
     "bindings": TrafficBinding.__table__,
+    "names": DeviceName.__table__,
 }
+UPSERTED = frozenset({"names"})  # one row per key, kept up to date: not partitioned
 # Each table's columns in INSERT order: the engine's row fields (all columns but the id).
 COLUMNS = {kind: [table.c[name] for name in FIELDS[kind]] for kind, table in TABLES.items()}
 Batch = dict[str, list[Row]]  # kind -> rows
@@ -187,13 +191,19 @@ class _Inserter:
     def write(self, batch: Batch) -> None:
         try:
             with self.engine.begin() as conn:
+                for kind in UPSERTED & batch.keys():
+                    record_device_names(
+                        session=conn, rows=[with_datetimes(kind, r) for r in batch[kind]]
+                    )
                 if self._plans:
                     for kind, rows in batch.items():
-                        self._plans[kind].write(conn, rows)
+                        if kind not in UPSERTED:
+                            self._plans[kind].write(conn, rows)
                 else:
                     dicts = {
                         kind: [with_datetimes(kind, r) for r in rows]
                         for kind, rows in batch.items()
+                        if kind not in UPSERTED
                     }
                     if conn.dialect.name == "postgresql":
                         self._ensure_partitions(conn, dicts)
