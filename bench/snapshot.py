@@ -400,7 +400,10 @@ def run(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="schoolgate-snapshot-bench-"))
     db_url = args.database_url or f"sqlite:///{workdir / 'trust.db'}"
     print(f"database: {db_url.split('@')[-1]}")
-    generated = generate(db_url, args.devices, args.sites, args.people, seed=1)
+    if args.generated:
+        generated = 0.0
+    else:
+        generated = generate(db_url, args.devices, args.sites, args.people, seed=1)
     print(
         f"generated {args.devices} devices, {args.people} people, {args.sites} sites "
         f"in {generated:.1f} s"
@@ -426,6 +429,9 @@ def run(args: argparse.Namespace) -> None:
     )
     built = json.loads(child.stdout.strip().splitlines()[-1])
 
+    # A trust's full build takes its time on a busy machine: wait for the first answer longer
+    # than radius_load's 60 s.
+    radius_load.wait_status.__defaults__ = (args.start_timeout,)
     process, port = radius_load.start_schoolgate(db_url, 1, workdir)
     try:
         rss = process_tree_rss(process.pid)
@@ -542,6 +548,10 @@ def main() -> None:
     parser.add_argument("--sockets", type=int, default=4)
     parser.add_argument("--apply-samples", type=int, default=20)
     parser.add_argument("--keep", action="store_true", help="Keep the temporary directory.")
+    parser.add_argument(
+        "--generated", action="store_true", help="The database already holds the trust."
+    )
+    parser.add_argument("--start-timeout", type=float, default=600)
     parser.add_argument("--measure-build", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--stream", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
