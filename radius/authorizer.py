@@ -293,7 +293,13 @@ class Authorizer(PacketHandler):
         now = _from_ts(ts, UTC)
         decision = decide(request, device, policy, now)
         answer = answer_for(decision, nas.profile, now.timestamp())
-        if cache_key is not None and decision.facts_key is not None:
+        # Stored only if the MAC still has the number looked up: a snapshot patched meanwhile
+        # (radius/snapshot.py) may have given `device` facts of another number.
+        if (
+            cache_key is not None
+            and decision.facts_key is not None
+            and self.state.profiles.get(mac or "", UNKNOWN_DEVICE) == cache_key[0]
+        ):
             remember(nas.decisions, cache_key, answer)
         return answer
 

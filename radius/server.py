@@ -284,6 +284,7 @@ class Worker:
                 poll_seconds=settings.radius_snapshot_poll_seconds,
                 on_swap=self._swap,
                 current_version=state.version,
+                state=state,  # patched in place by later changes
                 # The CoA dispatcher waits for every worker's report of a change.
                 report_as_worker=True,
                 heartbeat_seconds=settings.radius_worker_heartbeat_seconds,

@@ -4,8 +4,20 @@
 precomputed: NAS clients by source address (a dict for single addresses, a list of networks
 most-specific first for CIDRs), each NAS's secret as bytes, its vendor profile and its site's
 policy. `SnapshotKeeper` polls the change counter every `radius_snapshot_poll_seconds` (and,
-on PostgreSQL, wakes on `LISTEN schoolgate_changes`), rebuilds the state off the event loop
-and swaps it in with one attribute assignment.
+on PostgreSQL, wakes on `LISTEN schoolgate_changes`). When it moves, the keeper reads what
+changed from the change log (`service.facts.load_delta`) and patches the running state in
+place (`patch_state`): a few rows instead of a rebuild that holds the GIL for hundreds of
+milliseconds at a trust's size (`bench/snapshot.py`). It rebuilds the whole state off the
+event loop, and swaps it in with one attribute assignment, at start, when a NAS client, site
+or policy changed, and when the change log cannot say (pruned, too many changes at once).
+
+Patching never lets the decision cache serve an answer made from old facts: the cache is
+keyed by the device's facts-key number (`HotState.profiles`), and numbers are never reused
+for other facts (`HotState.numbers` lives as long as the state), so a device whose facts
+changed moves to its new facts' number and cannot reach the answers of its old one. While a
+MAC is being patched its number is `UNCACHED` (its facts and number change in that order), and
+the authorizer stores a fresh answer only when the MAC's number is still the one it looked up
+(`radius/authorizer.py`): an answer decided from facts read mid-patch is never stored.
 
 A keeper that reports for a RADIUS worker (`report_as_worker`) writes the change counter it
 has loaded to `radius_workers` after each swap and on a heartbeat, from its own thread: the
@@ -34,10 +46,17 @@ from typing import Any
 
 from radius.codec import HmacKey, hmac_md5_key
 from radius.vendors import VendorProfile, profile_for
-from service.audit import NOTIFY_CHANNEL
+from service.change_log import NOTIFY_CHANNEL
 from service.db import Engine, SessionFactory, database_error_message
 from service.enforcement.workers import forget_worker, report_worker
-from service.facts import NasInfo, Snapshot, change_version, load_snapshot
+from service.facts import (
+    NasInfo,
+    Snapshot,
+    SnapshotDelta,
+    change_version,
+    load_delta,
+    load_snapshot,
+)
 from service.policy import SitePolicy, device_key
 
 log = logging.getLogger("schoolgate.radius.snapshot")
@@ -82,6 +101,9 @@ class HotState:
     # MAC -> number of its facts key (`service.policy.device_key`: devices with the same
     # number get the same answers; > 0, or `UNCACHED`). A MAC not here is not registered.
     profiles: dict[str, int] = field(default_factory=dict)
+    # Facts key -> its number; kept for the state's life so a patch numbers new facts keys
+    # without ever giving a number to other facts.
+    numbers: dict[tuple[Any, ...], int] = field(default_factory=dict)
 
     @property
     def version(self) -> int:
@@ -114,7 +136,7 @@ class HotState:
 
 def build_state(snapshot: Snapshot) -> HotState:
     state = HotState(snapshot=snapshot)
-    numbers: dict[tuple[Any, ...], int] = {}
+    numbers = state.numbers
     profiles = state.profiles
     for mac, device in snapshot.devices.items():
         profile = device_key(device)
@@ -147,6 +169,48 @@ def build_state(snapshot: Snapshot) -> HotState:
     return state
 
 
+def patch_state(state: HotState, delta: SnapshotDelta) -> None:
+    """Apply `delta` to `state` in place, from the keeper's thread while the loop answers.
+
+    Per MAC the loop sees the old facts or the new, never an answer cached for the old facts
+    under the new (module docstring); per username, the old login or the new one.
+    """
+    snapshot = state.snapshot
+    devices = snapshot.devices
+    profiles = state.profiles
+    numbers = state.numbers
+    for mac, facts in delta.devices.items():
+        if facts is None:
+            profiles.pop(mac, None)  # first: an unknown MAC has the unknown device's answers
+            devices.pop(mac, None)
+            continue
+        profiles[mac] = UNCACHED
+        devices[mac] = facts
+        key = device_key(facts)
+        if key is not None:
+            number = numbers.get(key)
+            if number is None:
+                number = numbers[key] = len(numbers) + 1
+            profiles[mac] = number
+    owners = snapshot.device_owner
+    for mac, owner in delta.device_owner.items():
+        if owner is None:
+            owners.pop(mac, None)
+        else:
+            owners[mac] = owner
+    if delta.person_ids:
+        credentials = snapshot.credentials
+        credentials.update(delta.credentials)  # first: a renamed login never disappears
+        people = delta.person_ids
+        for name in [
+            name
+            for name, credential in credentials.items()
+            if credential.person_id in people and name not in delta.credentials
+        ]:
+            del credentials[name]
+    snapshot.version = delta.version
+
+
 def stale_state(state: HotState) -> HotState:
     """What the server answers from once the database has been unreachable too long: no
     device is known any more (each is answered as an unregistered one: the registration
@@ -176,7 +240,13 @@ def _first_line(exc: BaseException) -> str:
 
 
 class SnapshotKeeper:
-    """Rebuilds the state when the change counter moves; `on_swap` receives each new state."""
+    """Patches (or rebuilds) the state when the change counter moves; `on_swap` receives the
+    state after each patch (the same object) or rebuild (a new one).
+
+    Read by the server and its metrics: `loaded_version` (the change counter the state has
+    reached), `last_ok` (monotonic time of the last successful poll), `reloads` (full
+    builds) and `patches` (changes applied in place), `last_apply_ms` (the last one's time).
+    """
 
     def __init__(
         self,
@@ -186,6 +256,7 @@ class SnapshotKeeper:
         poll_seconds: float,
         on_swap: Callable[[HotState], None],
         current_version: int,
+        state: HotState | None = None,
         report_as_worker: bool = False,
         heartbeat_seconds: float = 5.0,
     ) -> None:
@@ -194,9 +265,13 @@ class SnapshotKeeper:
         self._poll = max(0.05, poll_seconds)
         self._on_swap = on_swap
         self._version = current_version
+        # The state to patch (the one `on_swap` last received); None: the next change rebuilds.
+        self._state = state
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="snapshot-keeper", daemon=True)
         self.reloads = 0
+        self.patches = 0
+        self.last_apply_ms = 0.0
         # When the change counter was last read (time.monotonic()): the database was
         # reachable then, and the state current. Read by the server's loop.
         self.last_ok = time.monotonic()
@@ -221,14 +296,51 @@ class SnapshotKeeper:
             except Exception as exc:  # noqa: BLE001 - stopping: its heartbeat ages out anyway
                 log.warning("could not remove this worker's report (%s)", _first_line(exc))
 
+    @property
+    def loaded_version(self) -> int:
+        """The change counter value the state answering now has reached."""
+        return self._version
+
     def check_now(self) -> bool:
-        """Reload if the counter moved; True when a new state was swapped in."""
+        """Patch or reload if the counter moved; True when the state changed."""
         with self._factory() as session:
             version = change_version(session)
-        if version == self._version:
-            self._reached()
-            self.report(force=False)
+            if version == self._version:
+                session.rollback()
+                self._reached()
+                self.report(force=False)
+                return False
+            if self._state is not None and self._patch(session):
+                return True
+        self._rebuild()
+        return True
+
+    def _patch(self, session: Any) -> bool:
+        """Apply what changed in place; False when the change log says to rebuild."""
+        state = self._state
+        assert state is not None
+        started = time.perf_counter()
+        delta = load_delta(session=session, snapshot=state.snapshot)
+        session.rollback()
+        if delta is None:
             return False
+        patch_state(state, delta)
+        self._version = state.version
+        self.last_apply_ms = (time.perf_counter() - started) * 1000
+        self._on_swap(state)
+        self._reached()
+        self.report(force=True)
+        self.patches += 1
+        log.debug(
+            "snapshot %d patched in %.1f ms: %d devices, %d people",
+            state.version,
+            self.last_apply_ms,
+            len(delta.devices),
+            len(delta.person_ids),
+        )
+        return True
+
+    def _rebuild(self) -> None:
         started = time.perf_counter()
         # Building the state is a few hundred milliseconds of Python (30,000 devices) and the
         # event loop waits for the GIL meanwhile: whenever the loop makes a system call, this
@@ -251,6 +363,8 @@ class SnapshotKeeper:
                 gc.enable()
             sys.setswitchinterval(interval)
         self._version = state.version
+        self._state = state
+        self.last_apply_ms = (time.perf_counter() - started) * 1000
         self._on_swap(state)
         self._reached()
         self.report(force=True)
@@ -258,12 +372,11 @@ class SnapshotKeeper:
         log.info(
             "snapshot %d loaded in %.0f ms: %d devices, %d NAS clients, %d sites",
             state.version,
-            (time.perf_counter() - started) * 1000,
+            self.last_apply_ms,
             len(state.snapshot.devices),
             len(state.snapshot.nas_clients),
             len(state.snapshot.policies),
         )
-        return True
 
     def report(self, *, force: bool) -> None:
         """Write the loaded version to `radius_workers` (after a swap, or when the heartbeat is

@@ -28,9 +28,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, func, select, text, update
+from sqlalchemy import event, func, select, update
 from sqlalchemy.orm import Session
 
+# The counter lives with its change log (importing it registers the session events that
+# write the log); `audit.bump_change` stays a name callers know.
+from service.change_log import bump_change
 from service.config import Settings
 from service.db import AUDIT_CHAIN_INFO
 from service.enums import AuditTag
@@ -38,7 +41,6 @@ from service.errors import Invalid
 from service.models import AuditEntry, ChangeCounter, utcnow
 
 GENESIS = "0" * 64
-NOTIFY_CHANNEL = "schoolgate_changes"
 LEGACY = 0  # plain SHA-256: entries written before the audit key existed
 KEYED = 1  # HMAC-SHA256 under the audit key
 _HEAD_INFO = "schoolgate.audit_head"  # Session.info: the head to anchor once committed
@@ -68,20 +70,6 @@ def chain_for(settings: Settings) -> AuditChain | None:
         anchor_file=settings.anchor_file,
         syslog=settings.audit_anchor_syslog,
     )
-
-
-def bump_change(session: Session) -> None:
-    """Move the change counter (servers rebuild their snapshot) and, on PostgreSQL, NOTIFY.
-
-    The UPDATE also takes the row lock that serialises audit-chain appends across writers.
-    """
-    session.execute(
-        update(ChangeCounter)
-        .where(ChangeCounter.id == 1)
-        .values(value=ChangeCounter.value + 1, changed_at=utcnow())
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
 
 
 def entry_hash(

@@ -1,5 +1,6 @@
 """From the database to the policy engine's plain facts, and the in-memory snapshot that the
-RADIUS hot path answers from (rebuilt when the change counter moves)."""
+RADIUS hot path answers from: built in full at start (`load_snapshot`), then patched with
+what each change changed (`load_delta`, from the change log: service/change_log.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.audit import bump_change
+from service.change_log import bump_change, changes_since
 from service.enums import AgreementKind, DeviceClass, DeviceStatus, NasVendor, Role
 from service.errors import NotFound
 from service.mac import normalize_mac
@@ -72,7 +73,7 @@ class OwnerInfo:
     username: str | None
 
 
-@dataclass
+@dataclass(slots=True)
 class Snapshot:
     """What the RADIUS server needs to answer without touching the database."""
 
@@ -163,14 +164,26 @@ def load_device_facts(
         if not mac_list:
             return {}
         device_query = device_query.where(Device.mac.in_(mac_list))
-    rows = session.execute(device_query).all()
-    device_ids = [r[0] for r in rows]
-    owner_ids = {r[9] for r in rows if r[9] is not None}
-
-    by_person, by_device = _signature_expiries(session, device_ids, owner_ids, mac_list is None)
-    grants = _grants(session, device_ids, mac_list is None)
+    rows: Iterable[Any]
+    if mac_list is None:
+        # Every device: signatures and exceptions first, then the devices streamed in
+        # batches, so a trust's 200,000 rows are never all in memory at once as Row objects
+        # (the worker's resident memory keeps the peak: `bench/snapshot.py`).
+        by_person, by_device = _signature_expiries(session, [], set(), True)
+        grants = _grants(session, [], True)
+        rows = session.execute(device_query.execution_options(yield_per=5000))
+    else:
+        rows = session.execute(device_query).all()
+        device_ids = [r[0] for r in rows]
+        owner_ids = {r[9] for r in rows if r[9] is not None}
+        by_person, by_device = _signature_expiries(session, device_ids, owner_ids, False)
+        grants = _grants(session, device_ids, False)
 
     facts: dict[str, DeviceFacts] = {}
+    # One string object per distinct site, owner name and status reason, not one per device
+    # (a trust's 200,000 devices: `bench/snapshot.py` measures the memory).
+    shared: dict[str | None, str | None] = {None: None}
+    share = shared.setdefault
     for (
         dev_id,
         mac,
@@ -193,9 +206,9 @@ def load_device_facts(
             mac=mac,
             device_class=DeviceClass(device_class),
             status=DeviceStatus(status),
-            site_code=site,
-            status_reason=status_reason,
-            owner_name=owner_name,
+            site_code=share(site, site),
+            status_reason=share(status_reason, status_reason),
+            owner_name=share(owner_name, owner_name),
             owner_role=Role(owner_role) if owner_role else None,
             owner_active=True if owner_active is None else bool(owner_active),
             aua_valid_until=aua,
@@ -296,7 +309,16 @@ def load_snapshot(session: Session) -> Snapshot:
         policies=load_policies(session),
         nas_clients=load_nas_clients(session),
     )
-    for person_id, username, password_hash, active, role, code, name in session.execute(
+    snapshot.credentials = _credentials(session, None)
+    owners = _device_owners(session, None)
+    # Keyed by the devices' own MAC strings: one string per device, not two.
+    snapshot.device_owner = {mac: owners[mac] for mac in snapshot.devices if mac in owners}
+    return snapshot
+
+
+def _credentials(session: Session, person_ids: list[int] | None) -> dict[str, Credential]:
+    """PAP logins by lower-case username: of these people, or of everyone (None)."""
+    query = (
         select(
             Person.id,
             Person.username,
@@ -308,10 +330,14 @@ def load_snapshot(session: Session) -> Snapshot:
         )
         .join(Site, Person.site_id == Site.id)
         .where(Person.username.is_not(None))
-    ):
+    )
+    if person_ids is not None:
+        query = query.where(Person.id.in_(person_ids))
+    out: dict[str, Credential] = {}
+    for person_id, username, password_hash, active, role, code, name in session.execute(query):
         if username is None:
             continue
-        snapshot.credentials[username.lower()] = Credential(
+        out[username.lower()] = Credential(
             person_id=person_id,
             username=username,
             password_hash=password_hash,
@@ -320,13 +346,87 @@ def load_snapshot(session: Session) -> Snapshot:
             site_code=code,
             name=name,
         )
-    for mac, person_id, name, role, username in session.execute(
-        select(Device.mac, Person.id, Person.name, Person.role, Person.username).join(
-            Person, Device.owner_id == Person.id
-        )
-    ):
-        snapshot.device_owner[mac] = OwnerInfo(person_id, name, Role(role), username)
-    return snapshot
+    return out
+
+
+def _device_owners(session: Session, macs: list[str] | None) -> dict[str, OwnerInfo]:
+    """Each device's owner: of these MACs, or of every device (None). One `OwnerInfo` per
+    person, shared by their devices."""
+    query = select(Device.mac, Person.id, Person.name, Person.role, Person.username).join(
+        Person, Device.owner_id == Person.id
+    )
+    if macs is not None:
+        query = query.where(Device.mac.in_(macs))
+    out: dict[str, OwnerInfo] = {}
+    shared: dict[int, OwnerInfo] = {}
+    for mac, person_id, name, role, username in session.execute(query):
+        owner = shared.get(person_id)
+        if owner is None:
+            owner = shared[person_id] = OwnerInfo(person_id, name, Role(role), username)
+        out[mac] = owner
+    return out
+
+
+@dataclass(slots=True)
+class SnapshotDelta:
+    """The facts changed after a snapshot's version, to patch it with (`radius/snapshot.py`).
+
+    `devices` and `device_owner` hold every changed MAC (None: no longer registered, or no
+    owner); `credentials` the logins of the people in `person_ids` (a person not there has
+    none any more)."""
+
+    version: int
+    devices: dict[str, DeviceFacts | None]
+    device_owner: dict[str, OwnerInfo | None]
+    person_ids: frozenset[int]
+    credentials: dict[str, Credential]
+
+
+def load_delta(*, session: Session, snapshot: Snapshot) -> SnapshotDelta | None:
+    """What changed since `snapshot.version`, read in `session`; None when the snapshot must
+    be rebuilt in full (`service.change_log.changes_since` says when).
+
+    The counter is read first: every change up to it is in the log and in the rows read
+    after it. A later change read too is harmless: its log rows are read again next time.
+    """
+    version = change_version(session)
+    changes = changes_since(session=session, version=snapshot.version)
+    if changes is None:
+        return None
+    macs = set(changes.macs)
+    people = changes.person_ids
+    for chunk in _chunks(sorted(changes.device_ids)):
+        macs.update(session.scalars(select(Device.mac).where(Device.id.in_(chunk))))
+    existing: set[int] = set()
+    for chunk in _chunks(sorted(people)):
+        macs.update(session.scalars(select(Device.mac).where(Device.owner_id.in_(chunk))))
+        existing.update(session.scalars(select(Person.id).where(Person.id.in_(chunk))))
+    if people - existing:  # people deleted: their devices no longer point at them
+        gone = people - existing
+        macs.update(m for m, owner in snapshot.device_owner.items() if owner.person_id in gone)
+    devices: dict[str, DeviceFacts | None] = dict.fromkeys(macs)
+    owners: dict[str, OwnerInfo | None] = dict.fromkeys(macs)
+    for chunk in _chunks(sorted(macs)):
+        devices.update(load_device_facts(session, chunk))
+        owners.update(_device_owners(session, chunk))
+    credentials: dict[str, Credential] = {}
+    for chunk in _chunks(sorted(people)):
+        credentials.update(_credentials(session, chunk))
+    return SnapshotDelta(
+        version=version,
+        devices=devices,
+        device_owner=owners,
+        person_ids=frozenset(people),
+        credentials=credentials,
+    )
+
+
+_CHUNK = 2000  # bound parameters per IN (SQLite allows 32,766; PostgreSQL 65,535)
+
+
+def _chunks(values: list[Any]) -> Iterable[list[Any]]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start : start + _CHUNK]
 
 
 def decide_for_mac(

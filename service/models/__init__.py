@@ -10,6 +10,7 @@ from service.models import portal as _portal  # noqa: F401  (API tokens, portal 
 from service.models import traffic as _traffic  # noqa: F401  (monitor tables)
 from service.models import visitors as _visitors  # noqa: F401  (visitor verification)
 from service.models.base import Base, utcnow
+from service.models.changes import ChangeKind, ChangeLogEntry
 from service.models.core import (
     AccessException,
     AccountingSession,
@@ -36,6 +37,8 @@ __all__ = [
     "AuditEntry",
     "Base",
     "ChangeCounter",
+    "ChangeKind",
+    "ChangeLogEntry",
     "DecisionRecord",
     "Device",
     "Incident",
