@@ -7,8 +7,8 @@ a site, a policy, an agreement's kind). A RADIUS worker reads the rows after the
 holds and reloads only those rows (issue 13, service/change_log.py, radius/snapshot.py).
 Rows older than an hour are pruned; a `pruned` row marks the last version pruned.
 
-Revision ID: 0008_sn
-Revises: 0007
+Revision ID: 0011_sn
+Revises: 0010_dn
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from alembic import op
 
 import service.models.base
 
-revision = "0008_sn"
-down_revision = "0007"
+revision = "0011_sn"
+down_revision = "0010_dn"
 branch_labels = None
 depends_on = None
 
