@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     # RADIUS (s3, issue 11): how old the snapshot may grow while the database cannot be
     # reached before RADIUS stops answering from it (then `[radius] when_stale` of the policy).
     radius_max_stale_seconds: float = Field(default=300.0, gt=0)
+    # An accounting session with no Stop (the NAS rebooted, the Stop was lost) stops binding
+    # its IP to its device this long after its last Start or Interim-Update (issue 14): for
+    # `who`, `export bindings` and the monitor's attribution. Default 4 h: well over twice the
+    # usual Acct-Interim-Interval (5-15 min); raise it for a NAS that sends no interim updates.
+    accounting_stale_after: float = Field(default=4 * 3600.0, gt=0)
 
     @field_validator("retention_days", mode="after")
     @classmethod

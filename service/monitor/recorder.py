@@ -22,6 +22,8 @@ _ip_text = extract.address_text
 _TEXT = extract.ADDRESS_TEXT  # its cache, read first on the per-flow path
 _PROTO_NAMES = {parser.PROTO_TCP: "tcp", parser.PROTO_UDP: "udp"}
 
+_NO_DHCP_DETAILS = (None, None, None, None, None, None, None, None)
+
 # A finished flow as the engine hands it over: (first, last, proto, orig address bytes,
 # orig port, resp address bytes, resp port, vlan, orig packets, orig bytes, resp packets,
 # resp bytes, end reason, service, server name, name source, p2p label, info_hash).
@@ -46,6 +48,18 @@ FlowRecord = tuple[
     "str | None",
 ]
 Who3 = tuple[str | None, int | None, int | None]  # (mac, device id, person id)
+# What else a DHCP message says, as the engine hands it over: (server id, vendor class,
+# relay agent circuit id, remote id, relay address, domain, message, transaction id).
+DhcpDetails = tuple[
+    "str | None",
+    "str | None",
+    "str | None",
+    "str | None",
+    "str | None",
+    "str | None",
+    "str | None",
+    int,
+]
 
 
 class RecorderCalls(Protocol):
@@ -82,6 +96,7 @@ class RecorderCalls(Protocol):
         hostname: str | None,
         lease_seconds: int | None,
         requested_ip: str | None,
+        details: DhcpDetails,
         /,
     ) -> None: ...
 
@@ -212,11 +227,20 @@ class Recorder:
         hostname: str | None,
         lease_seconds: int | None,
         requested_ip: str | None,
+        details: DhcpDetails,
     ) -> None:
-        if is_lease and ip is not None:
-            self.attributor.learn(
-                ip, mac, ts, "dhcp", until=ts + lease_seconds if lease_seconds else None
-            )
+        """One DHCP message. An ACK with an address is a lease (until its lease time; a
+        renewal extends it); a RELEASE ends the client's lease now; an INFORM shows an address
+        the client configured itself, which binds like an ARP (no lease, no end)."""
+        if ip is not None:
+            if is_lease:
+                self.attributor.learn(
+                    ip, mac, ts, "dhcp", until=ts + lease_seconds if lease_seconds else None
+                )
+            elif msg_type == "RELEASE":
+                self.attributor.release(ip, mac, ts)
+            elif msg_type == "INFORM":
+                self.attributor.learn(ip, mac, ts, "arp")
         self.sink(
             "bindings",
             (
@@ -230,6 +254,7 @@ class Recorder:
                 lease_seconds,
                 requested_ip,
                 is_lease,
+                *details,
             ),
         )
 
@@ -250,6 +275,7 @@ class Recorder:
                     None,
                     None,
                     False,
+                    *_NO_DHCP_DETAILS,
                 ),
             )
 

@@ -66,7 +66,11 @@ def record_and_write(setup: Setup, batches: Any, results: Any) -> None:
                 if site is None:
                     raise Invalid(f"no site {setup.site_code!r}")
                 timezone = site.timezone
-            attributor = load_attributor(session, site_code=setup.site_code)
+            attributor = load_attributor(
+                session,
+                site_code=setup.site_code,
+                stale_after=timedelta(seconds=setup.accounting_stale_after),
+            )
         inserter = _Inserter(engine)
     except SchoolgateError as exc:
         results.send(Failed(str(exc)))
