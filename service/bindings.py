@@ -150,14 +150,11 @@ def _wire(
     out: list[Binding] = []
     leases: dict[tuple[str, str], Binding] = {}  # (ip, mac) -> its latest DHCP lease
     sightings: dict[tuple[str, str], Binding] = {}  # (ip, mac) -> its latest ARP/INFORM
-    hostnames: dict[str, str] = {}  # mac -> the latest DHCP hostname
     for row in session.scalars(query):
         ip = row.ip
         if ip is None:
             continue
         key = (ip, row.mac)
-        if row.hostname:
-            hostnames[row.mac] = row.hostname
         if row.is_lease:
             lease = leases.get(key)
             end = None
@@ -205,6 +202,17 @@ def _wire(
             )
             sightings[key] = sighting
             out.append(sighting)
+    # The name a client gives is in its DISCOVER and REQUEST, which carry no address yet.
+    hostnames = dict(
+        session.execute(
+            select(TrafficBinding.mac, TrafficBinding.hostname)
+            .where(
+                TrafficBinding.mac.in_({b.mac for b in out}),
+                TrafficBinding.hostname.is_not(None),
+            )
+            .order_by(TrafficBinding.seen_at, TrafficBinding.id)
+        ).all()
+    )
     for binding in out:
         binding.hostname = hostnames.get(binding.mac)
     return out
