@@ -22,6 +22,8 @@ from service.monitor.exports import flow_rows, rows_of
 
 _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 PREFIX = "schoolgate."
+# Our service names that Zeek spells otherwise (its analyser for TLS is "ssl").
+_ZEEK_SERVICES = {"tls": "ssl"}
 
 
 def uid(*parts: object) -> str:
@@ -88,7 +90,7 @@ def zeek_conn(session: Session, q: ExportQuery) -> Iterator[dict[str, Any]]:
                 "uid": _flow_uid(row),
                 **_id(row),
                 "proto": row.proto,
-                "service": row.service,
+                "service": _ZEEK_SERVICES.get(row.service or "", row.service),
                 "duration": row.duration,
                 "conn_state": conn_state(row.proto, row.end_reason, row.resp_packets),
                 "orig_pkts": row.orig_packets,

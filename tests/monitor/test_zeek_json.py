@@ -97,6 +97,8 @@ def test_zeek_json_matches_zeeks_logs(westgate, run_cli) -> None:
         assert ours["orig_ip_bytes"] == int(line["orig_ip_bytes"]), key
         if line["proto"] == "udp":
             assert ours["conn_state"] == line["conn_state"], key
+        if line["service"] != "-":
+            assert ours["service"] == line["service"], key
     assert all(r[PREFIX + "site"] == "westgate" for r in conn)
 
     dns = _export(run_cli, "dns")
@@ -127,6 +129,9 @@ def test_zeek_json_matches_zeeks_logs(westgate, run_cli) -> None:
     # The same flow has the same uid in conn.log and ssl.log, as in Zeek.
     conn_uids = {k: r["uid"] for r in conn for k in _ids([r])}
     assert all(conn_uids[k] == r["uid"] for r in ssl for k in _ids([r]))
+    # TLS is "ssl" in Zeek's conn.log service field.
+    ssl_ids = {line[:4] for line in zeek_ssl}
+    assert {r.get("service") for r in conn for k in _ids([r]) if k in ssl_ids} == {"ssl"}
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # no database question in it
