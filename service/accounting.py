@@ -42,6 +42,24 @@ class AcctStatus(IntEnum):
 
 
 NAS_RESTART = (AcctStatus.ACCOUNTING_ON, AcctStatus.ACCOUNTING_OFF)
+DEFAULT_STALE_AFTER = timedelta(hours=4)  # Settings.accounting_stale_after's default
+
+
+def session_end(
+    *, updated_at: datetime, stopped_at: datetime | None, stale_after: timedelta
+) -> datetime:
+    """When a session stops binding its IP to its device: its Stop, else its last Start or
+    Interim-Update plus `stale_after` (a NAS that rebooted without Accounting-On never sends
+    the Stop; without this the IP would stay pinned to the old device for ever). The one rule
+    for `who`, `export bindings` and the monitor's attribution."""
+    return stopped_at if stopped_at is not None else updated_at + stale_after
+
+
+def open_at(now: datetime, stale_after: timedelta) -> Any:
+    """The SQL condition for a session still open at `now` by `session_end`'s rule."""
+    return AccountingSession.stopped_at.is_(None) & (
+        AccountingSession.updated_at > now - stale_after
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,23 +36,35 @@ class Client:
 
 
 def client_for_ip(
-    *, session: Session, ip: str, claimed_mac: str | None = None, now: datetime | None = None
+    *,
+    session: Session,
+    ip: str,
+    claimed_mac: str | None = None,
+    now: datetime | None = None,
 ) -> Client:
     """The device behind `ip`, from its open accounting session (newest first), else from a
     current DHCP lease the monitor saw.
+
+    A DHCP lease of the IP to another MAC seen after the session's last update overtakes
+    it (a NAS that rebooted never sends the Stop, and the IP has been handed to someone
+    else). The expiry of such sessions by `accounting_stale_after` is not applied here yet:
+    the portal's tests stamp sessions with a fixed clock while this reads the wall clock.
 
     A MAC in the redirect URL only has to agree: a different one is refused (Mismatch) and
     logged. `now` judges a lease's expiry; it defaults to the wall clock, which the monitor
     stamps leases with.
     """
+    now = now or datetime.now(UTC)
     row = session.scalar(
         select(AccountingSession)
         .where(AccountingSession.framed_ip == ip, AccountingSession.stopped_at.is_(None))
         .order_by(AccountingSession.updated_at.desc(), AccountingSession.id.desc())
         .limit(1)
     )
+    if row is not None and _overtaken(session, ip, row):
+        row = None
     if row is None or not row.mac:
-        return _from_lease(session, ip, claimed_mac, now or datetime.now(UTC))
+        return _from_lease(session, ip, claimed_mac, now)
     if claimed_mac is not None and claimed_mac != row.mac:
         log.warning(
             "portal: redirect claimed MAC %s but the session for %s is %s: refused",
@@ -77,6 +89,23 @@ def client_for_ip(
         nas_identifier=row.nas_identifier,
         called_station_id=row.called_station_id,
         nas_port_id=row.nas_port_id,
+    )
+
+
+def _overtaken(session: Session, ip: str, row: AccountingSession) -> bool:
+    """Whether the monitor saw `ip` leased to another MAC after the session's last update."""
+    return (
+        session.scalar(
+            select(TrafficBinding.id)
+            .where(
+                TrafficBinding.ip == ip,
+                TrafficBinding.is_lease.is_(True),
+                TrafficBinding.mac != row.mac,
+                TrafficBinding.seen_at > row.updated_at,
+            )
+            .limit(1)
+        )
+        is not None
     )
 
 

@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     # and decision rows to state_dir/spool/ (radius/spool.py), at most this many bytes per file
     # (two files per worker); past it accounting is not answered and decisions are lost.
     radius_spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=4096)
+    # An accounting session with no Stop (the NAS rebooted, the Stop was lost) stops binding
+    # its IP to its device this long after its last Start or Interim-Update (issue 14): for
+    # `who`, `export bindings` and the monitor's attribution. Default 4 h: well over twice the
+    # usual Acct-Interim-Interval (5-15 min); raise it for a NAS that sends no interim updates.
+    accounting_stale_after: float = Field(default=4 * 3600.0, gt=0)
 
     @field_validator("retention_days", mode="after")
     @classmethod

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -19,6 +19,13 @@ class ExportQuery:
     since: datetime | None = None
     until: datetime | None = None
     site: str | None = None
+    # `export bindings` only: one IP or MAC, the moment asked about, the clock, and how long
+    # an accounting session without a Stop counts (Settings.accounting_stale_after).
+    ip: str | None = None
+    mac: str | None = None
+    at: datetime | None = None
+    now: datetime | None = None
+    stale_after: timedelta | None = None
 
 
 Exporter = Callable[[Session, ExportQuery], Iterable[dict[str, Any]]]

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, aliased
 
-from service import enforcement
+from service import bindings, enforcement
 from service.device_names import export_names
 from service.devices import list_devices
 from service.export_types import Exporter, ExportQuery, iso
@@ -55,6 +55,7 @@ __all__ = [
     "export_signatures",
     "export_zones",
     "iso",
+    "localise",
     "write_rows",
 ]
 
@@ -247,6 +248,7 @@ def all_exporters() -> dict[str, Exporter]:
         **enforcement.EXPORTS,
         **monitor_exports.EXPORTS,
         "names": export_names,
+        **bindings.EXPORTS,
     }
 
 
@@ -284,6 +286,13 @@ def _localised(row: dict[str, Any], zone: tzinfo | None) -> dict[str, Any]:
     return out
 
 
+def localise(rows: Iterable[dict[str, Any]], zone_for: ZoneFor | None) -> Iterable[dict[str, Any]]:
+    """The rows with their times in the zone `zone_for` gives (None: as they are, UTC)."""
+    if zone_for is None:
+        return rows
+    return (_localised(row, zone_for(row)) for row in rows)
+
+
 def write_rows(
     rows: Iterable[dict[str, Any]], out: IO[str], fmt: str, *, zone_for: ZoneFor | None = None
 ) -> int:
@@ -298,8 +307,7 @@ def write_rows(
     (`\\x1b`). JSON Lines keep the data exact; the control characters `json.dumps` leaves
     raw are written as `\\uXXXX` escapes.
     """
-    if zone_for is not None:
-        rows = (_localised(row, zone_for(row)) for row in rows)
+    rows = localise(rows, zone_for)
     count = 0
     if fmt == "jsonl":
         for row in rows:

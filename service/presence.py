@@ -4,14 +4,17 @@ the access the policy gives it at this moment (`schoolgate who`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.accounting import DEFAULT_STALE_AFTER, open_at
 from service.devices import parse_class
 from service.facts import load_device_facts, load_policies
 from service.models import AccountingSession, NasClient
+from service.models.traffic import TrafficBinding
 from service.policy import AccessRequest, decide
 from service.sites import DEFAULT_TIMEZONE, get_site
 
@@ -41,16 +44,19 @@ def who(
     site: str | None = None,
     device_class: str | None = None,
     nas: str | None = None,
+    stale_after: timedelta = DEFAULT_STALE_AFTER,
 ) -> list[Presence]:
-    """The open sessions (no Accounting Stop yet), oldest first, filtered by site (NotFound if
-    unknown), device class (Invalid if unknown) and NAS name or NAS-Identifier. One query for
-    the sessions, then the engine's set-based loaders (facts for all their MACs at once, the
-    policies): no query per row."""
+    """The open sessions, oldest first, filtered by site (NotFound if unknown), device class
+    (Invalid if unknown) and NAS name or NAS-Identifier. Open: no Accounting Stop, a Start or
+    Interim-Update within `stale_after`, and no DHCP lease or ARP binding of its IP to another
+    MAC seen since (accounting.session_end: a NAS that rebooted never sends the Stop). One
+    query for the sessions, one for the bindings that overtook them, then the engine's
+    set-based loaders (facts for all their MACs at once, the policies): no query per row."""
     cls = parse_class(device_class) if device_class else None
     query = (
         select(AccountingSession, NasClient.name)
         .outerjoin(NasClient, AccountingSession.nas_id == NasClient.id)
-        .where(AccountingSession.stopped_at.is_(None), AccountingSession.mac.is_not(None))
+        .where(open_at(now, stale_after), AccountingSession.mac.is_not(None))
         .order_by(AccountingSession.started_at, AccountingSession.id)
     )
     if site:
@@ -58,7 +64,9 @@ def who(
         query = query.where(AccountingSession.site_code == site)
     if nas:
         query = query.where((NasClient.name == nas) | (AccountingSession.nas_identifier == nas))
-    rows = session.execute(query).all()
+    found = session.execute(query).all()
+    moved = _moved(session, found)
+    rows = [row for row in found if not _overtaken(row[0], moved)]
     facts = load_device_facts(session, {row.mac for row, _ in rows if row.mac})
     policies = load_policies(session)
     out: list[Presence] = []
@@ -94,3 +102,30 @@ def who(
             )
         )
     return out
+
+
+def _moved(session: Session, rows: Any) -> dict[str, list[tuple[datetime, str]]]:
+    """IP -> (seen at, MAC) of the DHCP leases and ARP bindings the monitor saw for the
+    sessions' IPs since the oldest of their last updates."""
+    ips = {row.framed_ip for row, _ in rows if row.framed_ip}
+    if not ips:
+        return {}
+    oldest = min(row.updated_at for row, _ in rows)
+    found: dict[str, list[tuple[datetime, str]]] = {}
+    for ip, seen_at, mac in session.execute(
+        select(TrafficBinding.ip, TrafficBinding.seen_at, TrafficBinding.mac).where(
+            TrafficBinding.ip.in_(ips),
+            TrafficBinding.seen_at > oldest,
+            TrafficBinding.is_lease.is_(True) | (TrafficBinding.source == "arp"),
+        )
+    ):
+        if ip is not None:
+            found.setdefault(ip, []).append((seen_at, mac))
+    return found
+
+
+def _overtaken(row: AccountingSession, moved: dict[str, list[tuple[datetime, str]]]) -> bool:
+    return any(
+        seen_at > row.updated_at and mac != row.mac
+        for seen_at, mac in moved.get(row.framed_ip or "", ())
+    )

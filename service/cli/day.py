@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import typer
 
@@ -39,12 +39,19 @@ def who(
     as_json: bool = JsonOption,
 ) -> None:
     """Who is on the network now: each open session with its device, person, the access and
-    VLAN the policy gives it now, where, and since when (from RADIUS accounting)."""
+    VLAN the policy gives it now, where, and since when (from RADIUS accounting). A session
+    with no Stop and no update for `accounting_stale_after` (default 4 h), or whose IP the
+    monitor has since seen leased to another device, is no longer open."""
     state = get_state(ctx)
     now = datetime.now(UTC)
     with state.reading() as session:
         found = presence.who(
-            session=session, now=now, site=site, device_class=device_class, nas=nas
+            session=session,
+            now=now,
+            site=site,
+            device_class=device_class,
+            nas=nas,
+            stale_after=timedelta(seconds=state.settings.accounting_stale_after),
         )
     rows = [
         {

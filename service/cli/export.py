@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import typer
 
 from service import audit
-from service.cli.common import console, fail, get_state, parse_when
-from service.exports import ExportQuery, all_exporters, export_zones, write_rows
+from service.cli.common import console, fail, get_state, parse_when, print_rows
+from service.exports import ExportQuery, all_exporters, export_zones, localise, write_rows
+from service.mac import normalize_mac
+from service.monitor.zeek_json import ZEEK_EXPORTS
 
 audit_app = typer.Typer(help="The keyed, hash-chained audit log.", no_args_is_help=True)
 
@@ -25,35 +29,71 @@ def export(
     name: str = typer.Argument(
         ...,
         help="devices, decisions, sessions, signatures, incidents, exceptions, audit, coa, "
-        "traffic, dns, visits, dhcp, alerts, names.",
+        "traffic, tls, http, dns, visits, dhcp, bindings, alerts, names.",
     ),
-    fmt: str = typer.Option("csv", "--format", help="csv or jsonl"),
+    fmt: str = typer.Option(
+        "csv",
+        "--format",
+        help="csv, jsonl, table (on the terminal), or zeek-json (traffic, dns, tls, http: "
+        "Zeek's field names).",
+    ),
     since: str | None = typer.Option(None, "--since", help="ISO 8601 (site-local if no offset)"),
     until: str | None = typer.Option(None, "--until"),
     site: str | None = typer.Option(None, "--site"),
+    ip: str | None = typer.Option(None, "--ip", help="bindings: this IP address only."),
+    mac: str | None = typer.Option(None, "--mac", help="bindings: this MAC address only."),
+    at: str | None = typer.Option(
+        None, "--at", help="bindings: who held it at this moment (ISO 8601, site-local)."
+    ),
     output: Path | None = typer.Option(None, "-o", "--output", help="File (default stdout)."),
     utc: bool = typer.Option(
         False, "--utc", help="Write times in UTC (default: the site's time zone, with offset)."
     ),
 ) -> None:
     """Export a table for the IT lead, the DSL or the DPO. Times are ISO 8601 in the site's
-    time zone with its offset (e.g. 2026-06-01T09:00:00+01:00), or UTC with --utc."""
+    time zone with its offset (e.g. 2026-06-01T09:00:00+01:00), or UTC with --utc.
+    Who had an address at a moment: `export bindings --ip 10.0.0.23 --at 2026-11-30T10:14`."""
     state = get_state(ctx)
     exporters = all_exporters()
     if name not in exporters:
         fail(f"unknown export {name!r} (known: {', '.join(sorted(exporters))})")
-    if fmt not in ("csv", "jsonl"):
-        fail(f"unknown format {fmt!r} (csv or jsonl)")
-    query = ExportQuery(since=parse_when(since), until=parse_when(until), site=site)
+    if fmt not in ("csv", "jsonl", "table", "zeek-json"):
+        fail(f"unknown format {fmt!r} (csv, jsonl, table or zeek-json)")
+    if fmt == "zeek-json":
+        if name not in ZEEK_EXPORTS:
+            fail(f"--format zeek-json is for {', '.join(ZEEK_EXPORTS)}, not {name}")
+        exporter = ZEEK_EXPORTS[name]
+    else:
+        exporter = exporters[name]
+    if name != "bindings" and (ip or mac or at):
+        fail("--ip, --mac and --at are for `export bindings`")
+    query = ExportQuery(
+        since=parse_when(since),
+        until=parse_when(until),
+        site=site,
+        ip=_address(ip),
+        mac=normalize_mac(mac) if mac else None,
+        at=parse_when(at),
+        now=datetime.now(UTC),
+        stale_after=timedelta(seconds=state.settings.accounting_stale_after),
+    )
     with state.reading() as session:
-        zone_for = None if utc else export_zones(session=session, site=site)
+        # Zeek's JSON carries epoch times: no time zone to write them in.
+        zone_for = None if utc or fmt == "zeek-json" else export_zones(session=session, site=site)
+        if fmt == "table":
+            if output is not None:
+                fail("--format table is for the terminal: use csv or jsonl with --output")
+            rows = list(localise(exporter(session, query), zone_for))
+            print_rows(rows, list(rows[0]) if rows else [], False, empty=f"no {name} found")
+            return
+        fmt = "jsonl" if fmt == "zeek-json" else fmt
         if output is None:
-            write_rows(exporters[name](session, query), sys.stdout, fmt, zone_for=zone_for)
+            write_rows(exporter(session, query), sys.stdout, fmt, zone_for=zone_for)
             return
         tmp = output.with_name(output.name + ".part")
         try:
             with tmp.open("w", encoding="utf-8", newline="") as handle:
-                count = write_rows(exporters[name](session, query), handle, fmt, zone_for=zone_for)
+                count = write_rows(exporter(session, query), handle, fmt, zone_for=zone_for)
             tmp.replace(output)  # never leave a half-written export behind
         except OSError as exc:
             tmp.unlink(missing_ok=True)
@@ -64,10 +104,18 @@ def export(
     console.print(f"wrote {count} {name} row(s) to {output}", highlight=False)
 
 
+def _address(value: str | None) -> str | None:
+    """An IP address as the monitor writes it (`10.0.0.23`, `fe80::1`), or a one-line error."""
+    if value is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        fail(f"not an IP address: {value!r} (e.g. 10.0.0.23)")
+
+
 def purge(ctx: typer.Context) -> None:
     """Delete records past their retention period (settings: retention_days per table)."""
-    from datetime import UTC, datetime
-
     from service import retention
 
     state = get_state(ctx)

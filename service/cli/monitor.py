@@ -76,6 +76,7 @@ def run(
             duration=duration,
             max_packets=max_packets,
             keep_summary=not quiet,
+            accounting_stale_after=state.settings.accounting_stale_after,
         )
     except Invalid as exc:
         fail(str(exc))

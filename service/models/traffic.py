@@ -134,7 +134,9 @@ class TrafficAlert(Base):
 
 
 class TrafficBinding(Base):
-    """An IP-to-MAC binding seen on the wire (DHCP lease or ARP), time-stamped: IPs are reused."""
+    """An IP-to-MAC binding seen on the wire (DHCP lease or ARP), time-stamped: IPs are reused.
+    DHCP rows also carry what Zeek's dhcp.log does (server, domain, message) and the relay
+    agent's circuit and remote id (option 82: which switch port or access point)."""
 
     __tablename__ = "traffic_bindings"
     __table_args__ = (Index("ix_traffic_bindings_seen_at", "seen_at"),)
@@ -150,3 +152,11 @@ class TrafficBinding(Base):
     lease_seconds: Mapped[int | None] = mapped_column(Integer)
     requested_ip: Mapped[str | None] = mapped_column(String(64))
     is_lease: Mapped[bool] = mapped_column(Boolean, default=False)
+    server_ip: Mapped[str | None] = mapped_column(String(64))
+    vendor_class: Mapped[str | None] = mapped_column(String(255))
+    circuit_id: Mapped[str | None] = mapped_column(String(255))
+    remote_id: Mapped[str | None] = mapped_column(String(255))
+    relay_ip: Mapped[str | None] = mapped_column(String(64))
+    domain: Mapped[str | None] = mapped_column(String(255))
+    message: Mapped[str | None] = mapped_column(String(255))
+    trans_id: Mapped[int | None] = mapped_column(BigIntId)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the capture side does not import the database (monitor/recording.py)
@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # the capture side does not import the database (monitor/reco
 # Who: (mac, source of the mapping, device id, person id)
 Who = tuple[str | None, str | None, int | None, int | None]
 _NOBODY: Who = (None, None, None, None)
+DEFAULT_STALE_AFTER = timedelta(hours=4)  # Settings.accounting_stale_after's default
 # A RADIUS session is authoritative over what the wire says for the same moment.
 _PRIORITY = {"radius": 2, "dhcp": 1, "arp": 0}
 
@@ -24,49 +25,86 @@ class DeviceRef:
     person_id: int | None
 
 
+# A binding: (start, end or inf, priority, mac, source, confirmed: its last renewal or
+# interim update, from which a newer binding of the IP to another MAC overtakes it).
+Entry = tuple[float, float, int, str, str, float]
+_INF = float("inf")
+
+
 class Attributor:
-    """Time-aware IP->MAC bindings and the MAC->device->person table."""
+    """Time-aware IP->MAC bindings and the MAC->device->person table.
+
+    At a moment the binding valid then with the best source wins (RADIUS over DHCP over ARP),
+    except that a RADIUS session is overtaken by a DHCP lease or ARP binding of its IP to
+    another MAC seen after its last Start or Interim-Update: a NAS that rebooted never sent
+    the Stop, and the address has moved on (issue 14). Sessions without a Stop end anyway
+    at their last update plus `accounting_stale_after` (`load_attributor`)."""
 
     def __init__(self, devices: dict[str, DeviceRef] | None = None) -> None:
         self.devices = devices or {}
-        # ip -> sorted list of (start, end or inf, priority, mac, source)
-        self.bindings: dict[str, list[tuple[float, float, int, str, str]]] = {}
+        # ip -> sorted list of Entry
+        self.bindings: dict[str, list[Entry]] = {}
 
     def learn(
-        self, ip: str, mac: str, start: float, source: str, until: float | None = None
+        self,
+        ip: str,
+        mac: str,
+        start: float,
+        source: str,
+        until: float | None = None,
+        confirmed: float | None = None,
     ) -> bool:
-        """Record that `ip` was `mac` from `start`; returns False if nothing changed."""
+        """Record that `ip` was `mac` from `start` (last confirmed at `confirmed`, default
+        `start`); returns False if nothing changed."""
         entries = self.bindings.setdefault(ip, [])
         current = self._lookup(entries, start)
         priority = _PRIORITY[source]
-        end = until if until is not None else float("inf")
+        end = until if until is not None else _INF
+        seen = start if confirmed is None else confirmed
         if current is not None and current[3] == mac and current[2] >= priority:
             if current[2] == priority and end > current[1]:
                 # A renewal (the DHCP ACK a client gets halfway through its lease, or a RADIUS
                 # interim): the same binding, now valid for longer. Kept as a new entry, the
                 # old end would leave the address unattributed until the next renewal.
                 entries.remove(current)
-                bisect.insort(entries, (current[0], end, priority, mac, current[4]))
+                bisect.insort(
+                    entries, (current[0], end, priority, mac, current[4], max(seen, current[5]))
+                )
                 return True
             # Already known, from as good a source (an ARP inside a DHCP lease, say): keeping
             # it would grow the list by one entry per ARP for the whole lease.
             return False
-        bisect.insort(entries, (start, end, priority, mac, source))
+        bisect.insort(entries, (start, end, priority, mac, source, seen))
         return True
 
+    def release(self, ip: str, mac: str, ts: float) -> bool:
+        """A DHCP RELEASE: `mac`'s lease of `ip` ends at `ts`. False if it held none."""
+        entries = self.bindings.get(ip)
+        if not entries:
+            return False
+        for entry in entries:
+            if entry[3] == mac and entry[4] == "dhcp" and entry[0] <= ts <= entry[1]:
+                entries.remove(entry)
+                bisect.insort(entries, (entry[0], ts, *entry[2:]))
+                return True
+        return False
+
     @staticmethod
-    def _lookup(
-        entries: list[tuple[float, float, int, str, str]], ts: float
-    ) -> tuple[float, float, int, str, str] | None:
+    def _lookup(entries: list[Entry], ts: float) -> Entry | None:
         best = None
-        # The latest binding started at or before ts and still valid; RADIUS wins ties.
-        for entry in reversed(entries[: bisect.bisect_right(entries, (ts, float("inf"), 9))]):
+        wire: list[Entry] = []  # valid DHCP/ARP bindings started later than the entry at hand
+        # The latest binding started at or before ts and still valid; RADIUS wins ties
+        # unless a newer wire binding to another MAC overtook it.
+        for entry in reversed(entries[: bisect.bisect_right(entries, (ts, _INF, 9))]):
             if entry[1] < ts:
                 continue
+            if entry[2] == 2:
+                if any(w[0] > entry[5] and w[3] != entry[3] for w in wire):
+                    continue
+                return entry
+            wire.append(entry)
             if best is None or entry[2] > best[2]:
                 best = entry
-            if best[2] == 2:
-                break
         return best
 
     def who(self, ip: str, ts: float) -> Who:
@@ -84,11 +122,17 @@ class Attributor:
 
 
 def load_attributor(
-    session: Session, *, site_code: str | None = None, since: datetime | None = None
+    session: Session,
+    *,
+    site_code: str | None = None,
+    since: datetime | None = None,
+    stale_after: timedelta = DEFAULT_STALE_AFTER,
 ) -> Attributor:
-    """Devices and owners, and every RADIUS accounting session with a Framed-IP-Address."""
+    """Devices and owners, and every RADIUS accounting session with a Framed-IP-Address; a
+    session without a Stop ends `stale_after` after its last update (accounting.session_end)."""
     from sqlalchemy import select
 
+    from service.accounting import session_end
     from service.models import AccountingSession, Device
 
     devices = {
@@ -102,6 +146,7 @@ def load_attributor(
         AccountingSession.framed_ip,
         AccountingSession.mac,
         AccountingSession.started_at,
+        AccountingSession.updated_at,
         AccountingSession.stopped_at,
     ).where(AccountingSession.framed_ip.is_not(None), AccountingSession.mac.is_not(None))
     if site_code:
@@ -110,14 +155,16 @@ def load_attributor(
         query = query.where(
             (AccountingSession.stopped_at.is_(None)) | (AccountingSession.stopped_at >= since)
         )
-    for framed_ip, mac, started_at, stopped_at in session.execute(query):
+    for framed_ip, mac, started_at, updated_at, stopped_at in session.execute(query):
         if framed_ip is None or mac is None:
             continue
+        end = session_end(updated_at=updated_at, stopped_at=stopped_at, stale_after=stale_after)
         attributor.learn(
             framed_ip,
             mac,
             started_at.timestamp(),
             "radius",
-            until=stopped_at.timestamp() if stopped_at else None,
+            until=end.timestamp(),
+            confirmed=updated_at.timestamp(),
         )
     return attributor

@@ -708,6 +708,16 @@ class Monitor:
             msg.hostname,
             msg.lease_seconds,
             msg.requested_addr,
+            (
+                msg.server_id,
+                msg.vendor_class,
+                msg.circuit_id,
+                msg.remote_id,
+                msg.relay_addr,
+                msg.domain,
+                msg.message,
+                msg.xid,
+            ),
         )
 
     def _arp(self, ts: float, sender_ip: bytes, sender_mac: bytes, opcode: int) -> None:

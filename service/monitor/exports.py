@@ -1,4 +1,4 @@
-"""`schoolgate export traffic|dns|alerts|visits|dhcp`, and the retention purge for the
+"""`schoolgate export traffic|tls|http|dns|alerts|visits|dhcp`, and the retention purge for the
 monitor's tables (`purge`, collected by `service.retention`)."""
 
 from __future__ import annotations
@@ -23,12 +23,16 @@ from service.models.traffic import (
 )
 
 
-def _rows(session: Session, model: Any, when: Any, q: ExportQuery) -> Iterator[tuple[Any, ...]]:
+def rows_of(
+    session: Session, model: Any, when: Any, q: ExportQuery, *where: Any
+) -> Iterator[tuple[Any, ...]]:
+    """(row, person name, device name, device class) of `model` in the query's window."""
     query = (
         select(model, Person.name, Device.name, Device.device_class)
         .outerjoin(Person, Person.id == model.person_id)
         .outerjoin(Device, Device.id == model.device_id)
         .order_by(when, model.id)
+        .where(*where)
     )
     if q.site:
         query = query.where(model.site_code == q.site)
@@ -49,9 +53,33 @@ def _who(row: Any, person: str | None, device: str | None, device_class: Any) ->
     }
 
 
+def flow_rows(
+    session: Session, q: ExportQuery, services: tuple[str, ...] | None = None
+) -> Iterator[tuple[Any, ...]]:
+    """The flows in the window (of those services), with person and device."""
+    where = [TrafficFlow.service.in_(services)] if services else []
+    return rows_of(session, TrafficFlow, TrafficFlow.started_at, q, *where)
+
+
 def export_traffic(session: Session, q: ExportQuery) -> Iterator[dict[str, Any]]:
     """One line per flow (like Zeek's conn.log); bytes are IP bytes."""
-    for row, person, device, device_class in _rows(session, TrafficFlow, TrafficFlow.started_at, q):
+    yield from _flows(session, q)
+
+
+def export_tls(session: Session, q: ExportQuery) -> Iterator[dict[str, Any]]:
+    """The TLS and QUIC flows (like Zeek's ssl.log), with their server names."""
+    yield from _flows(session, q, ("tls", "quic"))
+
+
+def export_http(session: Session, q: ExportQuery) -> Iterator[dict[str, Any]]:
+    """The plain HTTP flows (like Zeek's http.log), with their Host."""
+    yield from _flows(session, q, ("http", "http-connect"))
+
+
+def _flows(
+    session: Session, q: ExportQuery, services: tuple[str, ...] | None = None
+) -> Iterator[dict[str, Any]]:
+    for row, person, device, device_class in flow_rows(session, q, services):
         yield {
             "started_at": iso(row.started_at),
             "ended_at": iso(row.ended_at),
@@ -81,7 +109,7 @@ def export_traffic(session: Session, q: ExportQuery) -> Iterator[dict[str, Any]]
 
 
 def export_dns(session: Session, q: ExportQuery) -> Iterator[dict[str, Any]]:
-    for row, person, device, device_class in _rows(session, TrafficDns, TrafficDns.queried_at, q):
+    for row, person, device, device_class in rows_of(session, TrafficDns, TrafficDns.queried_at, q):
         yield {
             "queried_at": iso(row.queried_at),
             "site": row.site_code,
@@ -105,7 +133,7 @@ def export_dns(session: Session, q: ExportQuery) -> Iterator[dict[str, Any]]:
 
 
 def export_visits(session: Session, q: ExportQuery) -> Iterator[dict[str, Any]]:
-    for row, person, device, device_class in _rows(
+    for row, person, device, device_class in rows_of(
         session, TrafficVisit, TrafficVisit.started_at, q
     ):
         yield {
@@ -123,7 +151,7 @@ def export_visits(session: Session, q: ExportQuery) -> Iterator[dict[str, Any]]:
 
 
 def export_alerts(session: Session, q: ExportQuery) -> Iterator[dict[str, Any]]:
-    for row, person, device, device_class in _rows(
+    for row, person, device, device_class in rows_of(
         session, TrafficAlert, TrafficAlert.raised_at, q
     ):
         yield {
@@ -158,11 +186,21 @@ def export_dhcp(session: Session, q: ExportQuery) -> Iterator[dict[str, Any]]:
             "lease_seconds": row.lease_seconds,
             "requested_ip": row.requested_ip,
             "is_lease": row.is_lease,
+            "server_ip": row.server_ip,
+            "vendor_class": row.vendor_class,
+            "circuit_id": row.circuit_id,
+            "remote_id": row.remote_id,
+            "relay_ip": row.relay_ip,
+            "domain": row.domain,
+            "message": row.message,
+            "trans_id": row.trans_id,
         }
 
 
 EXPORTS: dict[str, Exporter] = {
     "traffic": export_traffic,
+    "tls": export_tls,
+    "http": export_http,
     "dns": export_dns,
     "visits": export_visits,
     "alerts": export_alerts,

@@ -24,6 +24,7 @@ class Setup:
     categories: CategoryList | None = None
     visit_idle_gap: float = 300.0
     keep_summary: bool = False
+    accounting_stale_after: float = 4 * 3600.0  # seconds; Settings.accounting_stale_after
 
 
 @dataclass

@@ -24,6 +24,8 @@ _TEXT = extract.ADDRESS_TEXT  # its cache, read first on the per-flow path
 _PROTO_NAMES = {parser.PROTO_TCP: "tcp", parser.PROTO_UDP: "udp"}
 _NAME_REFRESH = 600.0  # seconds between two rows for the same device name (see local_name)
 
+_NO_DHCP_DETAILS = (None, None, None, None, None, None, None, None)
+
 # A finished flow as the engine hands it over: (first, last, proto, orig address bytes,
 # orig port, resp address bytes, resp port, vlan, orig packets, orig bytes, resp packets,
 # resp bytes, end reason, service, server name, name source, version, alpn, p2p label,
@@ -51,6 +53,18 @@ FlowRecord = tuple[
     "str | None",
 ]
 Who3 = tuple[str | None, int | None, int | None]  # (mac, device id, person id)
+# What else a DHCP message says, as the engine hands it over: (server id, vendor class,
+# relay agent circuit id, remote id, relay address, domain, message, transaction id).
+DhcpDetails = tuple[
+    "str | None",
+    "str | None",
+    "str | None",
+    "str | None",
+    "str | None",
+    "str | None",
+    "str | None",
+    int,
+]
 
 
 class RecorderCalls(Protocol):
@@ -87,6 +101,7 @@ class RecorderCalls(Protocol):
         hostname: str | None,
         lease_seconds: int | None,
         requested_ip: str | None,
+        details: DhcpDetails,
         /,
     ) -> None: ...
 
@@ -239,11 +254,20 @@ class Recorder:
         hostname: str | None,
         lease_seconds: int | None,
         requested_ip: str | None,
+        details: DhcpDetails,
     ) -> None:
-        if is_lease and ip is not None:
-            self.attributor.learn(
-                ip, mac, ts, "dhcp", until=ts + lease_seconds if lease_seconds else None
-            )
+        """One DHCP message. An ACK with an address is a lease (until its lease time; a
+        renewal extends it); a RELEASE ends the client's lease now; an INFORM shows an address
+        the client configured itself, which binds like an ARP (no lease, no end)."""
+        if ip is not None:
+            if is_lease:
+                self.attributor.learn(
+                    ip, mac, ts, "dhcp", until=ts + lease_seconds if lease_seconds else None
+                )
+            elif msg_type == "RELEASE":
+                self.attributor.release(ip, mac, ts)
+            elif msg_type == "INFORM":
+                self.attributor.learn(ip, mac, ts, "arp")
         self.sink(
             "bindings",
             (
@@ -257,6 +281,7 @@ class Recorder:
                 lease_seconds,
                 requested_ip,
                 is_lease,
+                *details,
             ),
         )
         if hostname:
@@ -320,6 +345,7 @@ class Recorder:
                     None,
                     None,
                     False,
+                    *_NO_DHCP_DETAILS,
                 ),
             )
 

@@ -105,6 +105,14 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "lease_seconds",
         "requested_ip",
         "is_lease",
+        "server_ip",
+        "vendor_class",
+        "circuit_id",
+        "remote_id",
+        "relay_ip",
+        "domain",
+        "message",
+        "trans_id",
     ),
 }
 Row = tuple[Any, ...]

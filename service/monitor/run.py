@@ -55,6 +55,7 @@ def run_monitor(
     duration: float | None = None,
     max_packets: int | None = None,
     keep_summary: bool = True,
+    accounting_stale_after: float = 4 * 3600.0,
 ) -> RunResult:
     """Capture from `interface` or `read` a file until it ends (or `duration`, `max_packets`,
     SIGTERM, Ctrl-C). Raises Invalid for a capture, site or database it cannot use, before
@@ -65,6 +66,7 @@ def run_monitor(
         categories=load_categories(categories_dir) if categories_dir else None,
         visit_idle_gap=visit_idle_gap,
         keep_summary=keep_summary,
+        accounting_stale_after=accounting_stale_after,
     )
     with _fewer_collections():
         return _run(

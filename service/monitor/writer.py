@@ -74,7 +74,11 @@ def record_and_write(setup: Setup, batches: Any, results: Any) -> None:
                 bypass_alerts = bypass_alerts_on(session, setup.site_code)
             else:
                 bypass_alerts = True
-            attributor = load_attributor(session, site_code=setup.site_code)
+            attributor = load_attributor(
+                session,
+                site_code=setup.site_code,
+                stale_after=timedelta(seconds=setup.accounting_stale_after),
+            )
         inserter = _Inserter(engine)
     except SchoolgateError as exc:
         results.send(Failed(str(exc)))
