@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, cast
 from urllib.parse import urlparse
@@ -89,7 +89,13 @@ class Portal:
 
     def who(self, session: Session, request: Request, claimed_mac: str | None = None) -> Client:
         """The device behind this request; Unidentified or Mismatch when it cannot be told."""
-        return client_for_ip(session=session, ip=client_ip(request), claimed_mac=claimed_mac)
+        return client_for_ip(
+            session=session,
+            ip=client_ip(request),
+            claimed_mac=claimed_mac,
+            now=self.clock(),
+            stale_after=timedelta(seconds=self.settings.accounting_stale_after),
+        )
 
     def seen_client(self, request: Request) -> Client | None:
         """The device behind this request (its own transaction), or None: answer `unseen`."""

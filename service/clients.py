@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.accounting import open_at
 from service.errors import SchoolgateError
 from service.models import AccountingSession, NasClient, Site
 from service.models.traffic import TrafficBinding
@@ -41,14 +42,15 @@ def client_for_ip(
     ip: str,
     claimed_mac: str | None = None,
     now: datetime | None = None,
+    stale_after: timedelta | None = None,
 ) -> Client:
     """The device behind `ip`, from its open accounting session (newest first), else from a
     current DHCP lease the monitor saw.
 
     A DHCP lease of the IP to another MAC seen after the session's last update overtakes
     it (a NAS that rebooted never sends the Stop, and the IP has been handed to someone
-    else). The expiry of such sessions by `accounting_stale_after` is not applied here yet:
-    the portal's tests stamp sessions with a fixed clock while this reads the wall clock.
+    else); with `stale_after`, so does silence: a session whose last Start or Interim-Update
+    is older than that no longer names the device (`service.accounting.session_end`).
 
     A MAC in the redirect URL only has to agree: a different one is refused (Mismatch) and
     logged. `now` judges a lease's expiry; it defaults to the wall clock, which the monitor
@@ -57,7 +59,12 @@ def client_for_ip(
     now = now or datetime.now(UTC)
     row = session.scalar(
         select(AccountingSession)
-        .where(AccountingSession.framed_ip == ip, AccountingSession.stopped_at.is_(None))
+        .where(
+            AccountingSession.framed_ip == ip,
+            AccountingSession.stopped_at.is_(None)
+            if stale_after is None
+            else open_at(now, stale_after),
+        )
         .order_by(AccountingSession.updated_at.desc(), AccountingSession.id.desc())
         .limit(1)
     )
