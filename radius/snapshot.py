@@ -194,6 +194,7 @@ class SnapshotKeeper:
         self._poll = max(0.05, poll_seconds)
         self._on_swap = on_swap
         self._version = current_version
+        self.database_version = current_version  # the counter last read (for /metrics)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="snapshot-keeper", daemon=True)
         self.reloads = 0
@@ -225,6 +226,7 @@ class SnapshotKeeper:
         """Reload if the counter moved; True when a new state was swapped in."""
         with self._factory() as session:
             version = change_version(session)
+        self.database_version = version
         if version == self._version:
             self._reached()
             self.report(force=False)
