@@ -190,8 +190,9 @@ def coa_transitions() -> dict[str, int]:
 
 
 class CoaCollector:
-    """`schoolgate_coa_requests_total{state}`: requests this dispatcher moved to each state
-    (sent, ack, nak, timeout, fallback, failed...), read from `transitions()` when scraped."""
+    """`schoolgate_coa_requests_total{state}`: the outcomes this process recorded, by the state
+    a request moved to (ack, nak, timeout, fallback, failed...; the claim that sends it is a
+    conditional UPDATE, not counted), read from `transitions()` when scraped."""
 
     def __init__(self, transitions: Callable[[], dict[str, int]] = coa_transitions) -> None:
         self._transitions = transitions
@@ -201,7 +202,7 @@ class CoaCollector:
 
         family = CounterMetricFamily(
             "schoolgate_coa_requests",
-            "CoA / Disconnect requests this dispatcher moved to each state",
+            "CoA / Disconnect outcomes this process recorded, by the state reached",
             labels=["state"],
         )
         for state, count in sorted(self._transitions().items()):

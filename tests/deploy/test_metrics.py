@@ -264,3 +264,53 @@ def test_monitor_metrics_count_the_packets_of_a_capture(westgate, tmp_path):
         assert get(server.port, "/readyz") == (503, "not ready: the capture has ended\n")
     finally:
         server.stop()
+
+
+@SQLITE_ONLY
+def test_coa_run_metrics_count_the_outcomes(westgate, session_factory, run_cli, tmp_path):
+    """A Disconnect queued while no dispatcher ran; `coa run --metrics-port` sends it: the
+    scrape counts each state this dispatcher moved it to, as the row's history says."""
+    from sqlalchemy import select
+
+    from service.models.coa import CoaRequest
+    from tests.enforcement.fakenas import FakeNas
+    from tests.enforcement.sessions import open_session, point_nas
+
+    metrics_port = free_tcp_port()
+    with FakeNas(b"testing123") as nas:
+        nas_id = point_nas(session_factory, nas.port)
+        open_session(session_factory, westgate.school_laptop, nas_id=nas_id)
+        run_cli(
+            "device",
+            "lost",
+            westgate.school_laptop,
+            "--reported-by",
+            "Ms Head",
+            env={"SCHOOLGATE_COA_ENABLED": "false"},
+        )
+        process = subprocess.Popen(
+            [*SCHOOLGATE, "coa", "run", "--metrics-port", str(metrics_port)],
+            env={**os.environ, "SCHOOLGATE_DATABASE_URL": westgate.db_url},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=tmp_path,
+        )
+        try:
+            wait_for_tcp(metrics_port, timeout=30)
+            deadline = time.monotonic() + 20
+            while True:
+                states = by_label(samples(metrics_port), "schoolgate_coa_requests_total", "state")
+                if states.get("ack") or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert get(metrics_port, "/readyz") == (200, "ready\n")
+        finally:
+            process.terminate()
+            process.wait(timeout=20)
+    assert len(nas.received) == 1
+    with session_factory() as session:
+        (row,) = session.scalars(select(CoaRequest))
+        # After "queued"; "sent" is the claim (a conditional UPDATE), not an outcome.
+        history = Counter(step["state"] for step in row.history[1:] if step["state"] != "sent")
+    assert row.state == "ack"
+    assert states == dict(history)
