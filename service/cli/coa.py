@@ -12,15 +12,17 @@ from service import enforcement
 from service.cli.common import (
     CliState,
     JsonOption,
+    MetricsPortOption,
     WideOption,
     console,
     fail,
     get_state,
+    metrics_port,
     print_json,
     print_rows,
+    setup_logging,
 )
 from service.cli.device import device_app
-from service.cli.observe import MetricsPortOption, metrics_port, setup_logging
 from service.errors import SchoolgateError
 
 coa_app = typer.Typer(help="CoA / Disconnect requests sent to the NAS (RFC 5176).")

@@ -9,8 +9,17 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from service.cli.common import console, err_console, fail, get_state, local_text, print_json
-from service.cli.observe import MetricsPortOption, metrics_port, setup_logging
+from service.cli.common import (
+    MetricsPortOption,
+    console,
+    err_console,
+    fail,
+    get_state,
+    local_text,
+    metrics_port,
+    print_json,
+    setup_logging,
+)
 from service.errors import Invalid, SchoolgateError
 
 if TYPE_CHECKING:

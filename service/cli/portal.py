@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from service.cli.common import JsonOption, fail, get_state, print_json, print_rows
-from service.cli.observe import MetricsPortOption, metrics_port
+from service.cli.common import (
+    JsonOption,
+    MetricsPortOption,
+    fail,
+    get_state,
+    metrics_port,
+    print_json,
+    print_rows,
+)
 from service.errors import SchoolgateError
 
 

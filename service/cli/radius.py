@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from service.cli.common import fail, get_state
-from service.cli.observe import MetricsPortOption, metrics_port, setup_logging
+from service.cli.common import MetricsPortOption, fail, get_state, metrics_port, setup_logging
 
 radius_app = typer.Typer(help="The RADIUS authorizer for Wi-Fi controllers and switches.")
 

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 import typer
 from pydantic import SecretStr
 
-from service.cli.common import console, err_console, fail, get_state
-from service.cli.observe import metrics_port
+from service.cli.common import console, err_console, fail, get_state, metrics_port
 from service.config import Settings
 from service.secrets_store import check_serving_keys
 
