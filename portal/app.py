@@ -23,6 +23,7 @@ from fastapi.templating import Jinja2Templates
 from portal import api, health
 from portal.agreement_html import agreement_html, starts_with_heading
 from portal.deps import HERE, Portal
+from portal.metrics import PortalMetrics
 from portal.oidc import OidcSignIn
 from portal.ratelimit import RateLimiter
 from portal.routes import captive, staff, visitor
@@ -42,6 +43,7 @@ def create_app(
     clock: Callable[[], datetime] | None = None,
     oidc: OidcSignIn | None = None,
     coa_sender: CoaSender | None = None,
+    metrics: PortalMetrics | None = None,
 ) -> FastAPI:
     """The portal app. `coa_sender`: what sends the CoA a registration or an API change
     queued, right after its commit (the composition root picks it: `sender_for(settings)`);
@@ -90,7 +92,9 @@ def create_app(
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.middleware("http")(captive.guard)
     app.middleware("http")(api.admin_networks_only)
-    app.middleware("http")(health.database_guard)  # outermost: a database error is a 503
+    app.middleware("http")(health.database_guard)  # a database error is a 503
+    if metrics is not None:  # outermost: counts the 503s too
+        app.middleware("http")(metrics.middleware)
     app.include_router(health.router)
     app.include_router(api.router)
     app.include_router(captive.router)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from typing import Any
 
 from portal.app import create_app
 from service.config import Settings
@@ -25,13 +26,49 @@ def run_portal(
     choice (`radius.coa.sender.sender_for(settings)`); the null sender when not given."""
     import uvicorn
 
+    from portal.metrics import PortalMetrics
+    from service.logs import configure_logging
+    from service.metrics import bind_metrics
+
+    json_logs = settings.log_format == "json"
+    if json_logs:  # uvicorn's loggers then propagate to the root's JSON handler
+        configure_logging(log_format="json")
+    metrics = None
+    if settings.metrics_port:
+        metrics = PortalMetrics()
+        # Bound now: a port in use is one line before the portal starts.
+        metrics_sock = bind_metrics(settings.metrics_host, settings.metrics_port)
+    app = create_app(
+        settings, session_factory=session_factory, coa_sender=coa_sender, metrics=metrics
+    )
+    if metrics is not None:
+        _start_metrics(metrics, metrics_sock, app.state.portal.session_factory)
     uvicorn.run(
-        create_app(settings, session_factory=session_factory, coa_sender=coa_sender),
+        app,
         host=host,
         port=port,
         log_level="info",
+        log_config=None if json_logs else uvicorn.config.LOGGING_CONFIG,
         proxy_headers=trusted_proxy is not None,
         forwarded_allow_ips=trusted_proxy,
+    )
+
+
+def _start_metrics(metrics: Any, sock: socket.socket, session_factory: SessionFactory) -> None:
+    """The metrics port on a thread: ready while the database answers `SELECT 1`."""
+    import logging
+
+    from service.health import database_problem
+    from service.metrics import MetricsServer
+
+    def ready() -> str | None:
+        with session_factory() as session:
+            return database_problem(session=session)
+
+    server = MetricsServer(sock, metrics.registry, ready).start()
+    host = sock.getsockname()[0]
+    logging.getLogger("schoolgate.portal").info(
+        "metrics on http://%s:%d/metrics (/healthz, /readyz)", host, server.port
     )
 
 

@@ -21,12 +21,13 @@ wrong password is an Access-Reject.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from radius import codec
 from radius.codec import PacketError, RawPacket
-from radius.counters import Counters
+from radius.counters import LATENCY_BOUNDS_NS, Counters
 from radius.decision_cache import (
     Answer,
     answer_for,
@@ -53,6 +54,8 @@ _time = time.time
 _perf = time.perf_counter_ns
 _monotonic = time.monotonic
 _timeout_at = session_timeout_at
+_bisect = bisect_left
+_LATENCY_BOUNDS_NS = LATENCY_BOUNDS_NS
 
 # Attribute numbers and values, as constants the hot path reads without a module lookup.
 _CALL_CHECK = codec.SERVICE_TYPE_CALL_CHECK.to_bytes(4, "big")
@@ -111,6 +114,9 @@ class Authorizer(PacketHandler):
             if nas is None:
                 return None
         code = packet.code
+        requests = counters.requests  # by NAS and code, for /metrics
+        counted = (nas.info.name, code)
+        requests[counted] = requests.get(counted, 0) + 1
         if code != _ACCESS_REQUEST:
             if code == codec.STATUS_SERVER:
                 return self._status_reply(packet, nas, codec.ACCESS_ACCEPT)
@@ -349,6 +355,12 @@ class Authorizer(PacketHandler):
             self._drop(exc.reason, ("reply", 0), str(exc))
             return None
         counters.answered += 1
+        # Decisions by access level and the latency histogram, one dict update
+        # (bench/radius_load.py guards its cost).
+        elapsed = _perf() - started
+        answers = counters.answers
+        counted = (access, _bisect(_LATENCY_BOUNDS_NS, elapsed))
+        answers[counted] = answers.get(counted, 0) + 1
         log_decision = self.log_decision
         if log_decision is not None:
             info = nas.info
@@ -366,7 +378,7 @@ class Authorizer(PacketHandler):
                     reason,
                     rule,
                     timeout,
-                    (_perf() - started) // 1000,
+                    elapsed // 1000,
                 )
             )
         return reply

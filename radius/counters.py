@@ -6,6 +6,24 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+# Upper bounds (nanoseconds) of the answer-latency histogram's buckets: `bisect` gives the
+# index of an answer's bucket, `len(LATENCY_BOUNDS_NS)` being +Inf. Exported in seconds by
+# radius/metrics.py.
+LATENCY_BOUNDS_NS = (
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    1_000_000_000,
+)
+
 
 @dataclass
 class Counters:
@@ -26,6 +44,11 @@ class Counters:
     spooled: int = 0
     replayed: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
+    # Requests by (NAS name, RADIUS code), counted once the NAS is known; answers to
+    # Access-Requests by (access level, latency bucket): decisions and the latency histogram
+    # in one dict update per answer. Read at scrape time (radius/metrics.py).
+    requests: dict[tuple[str, int], int] = field(default_factory=dict)
+    answers: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def drop(self, reason: str) -> None:
         self.dropped[reason] += 1

@@ -93,6 +93,9 @@ class PacketHandler:
         if nas is None:
             return None
         code = packet.code
+        requests = self.counters.requests  # by NAS and code, for /metrics
+        counted = (nas.info.name, code)
+        requests[counted] = requests.get(counted, 0) + 1
         if code == codec.STATUS_SERVER:
             return self._status_reply(packet, nas, codec.ACCOUNTING_RESPONSE)
         if code != codec.ACCOUNTING_REQUEST:

@@ -27,7 +27,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from radius.authorizer import Authorizer, PapJob
@@ -57,6 +58,10 @@ class ServeOptions:
     workers: int = 1
     pap_threads: int = 2
     coa_dispatcher: bool = True
+    # The metrics port (0: none) and, set by `serve`, the directory the workers report to.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+    metrics_dir: str | None = None
 
 
 class _Endpoint:
@@ -359,6 +364,28 @@ class Worker:
                     )
         self._set_status()
 
+    def _report_metrics(self) -> None:
+        """Once a second: the counters and the snapshot's state for the metrics process."""
+        directory = self.options.metrics_dir
+        if directory is None:
+            return
+        from radius.metrics import worker_report
+        from service.metrics import write_report
+
+        report = worker_report(
+            self.counters,
+            index=self.index,
+            snapshot_version=self._fresh.version,
+            database_version=self.keeper.database_version,
+            snapshot_age=time.monotonic() - self.keeper.last_ok,
+            reachable=self._reachable,
+            stale=self._stale,
+        )
+        try:
+            write_report(Path(directory), f"worker-{self.index}", report)
+        except OSError as exc:
+            log.warning("worker %d: cannot write its metrics report: %s", self.index, exc)
+
     # --- PAP ------------------------------------------------------------------------------
 
     def check_pap(self, job: PapJob, endpoint: _Endpoint) -> None:
@@ -420,6 +447,7 @@ class Worker:
         self.loop.add_reader(auth_sock.fileno(), self.auth.read_ready)
         self.loop.add_reader(acct_sock.fileno(), self.acct.read_ready)
         snapshot = self.authorizer.state.snapshot
+        self._report_metrics()
         gc.collect()
         _freeze_heap()
         log.info(
@@ -449,6 +477,7 @@ class Worker:
                 last_purge = now
                 self._watch_database()
                 self._sync_spool_counters()
+                self._report_metrics()
                 if not self.decision_log.alive():
                     log.error("the decision log writer died; answers continue unlogged")
             if now - last_counters >= COUNTER_LOG_SECONDS:
@@ -491,13 +520,18 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
-async def _serve_dispatcher(settings: Settings) -> None:
+async def _serve_dispatcher(settings: Settings, metrics_dir: str | None = None) -> None:
     """The CoA dispatcher, in its own process: its database work never delays an answer."""
     from radius.coa import sender_for
     from service.enforcement import run_dispatcher
 
     stop = _stop_on_signals()
     engine = make_engine(settings.database_url)
+    reporter = (
+        asyncio.create_task(_report_coa(Path(metrics_dir), stop))
+        if metrics_dir is not None
+        else None
+    )
     try:
         await run_dispatcher(
             session_factory=make_session_factory(engine),
@@ -506,7 +540,22 @@ async def _serve_dispatcher(settings: Settings) -> None:
             stop_event=stop,
         )
     finally:
+        if reporter is not None:
+            reporter.cancel()
         engine.dispose()
+
+
+async def _report_coa(directory: Path, stop: asyncio.Event) -> None:
+    """Once a second: the dispatcher's outcomes for the metrics process."""
+    from service.metrics import coa_transitions, write_report
+
+    while not stop.is_set():
+        try:
+            write_report(directory, "coa", {"kind": "coa", "transitions": coa_transitions()})
+        except OSError as exc:
+            log.warning("the CoA dispatcher cannot write its metrics report: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
 
 
 def _run_worker(settings: Settings, options: ServeOptions, index: int) -> None:
@@ -577,22 +626,60 @@ def serve(settings: Settings, options: ServeOptions) -> int:
 
 def _serve(settings: Settings, options: ServeOptions) -> int:
     dispatcher = options.coa_dispatcher and settings.coa_enabled
-    if options.workers <= 1 and not dispatcher:
+    if options.workers <= 1 and not dispatcher and not options.metrics_port:
         asyncio.run(_serve_worker(settings, options, 0))
         return 0
     # Probe the ports once in the parent, so a port in use is one clear error, not N.
     for port in (options.auth_port, options.acct_port):
         bind_udp(options.host, port).close()
+    metrics_sock = None
+    if options.metrics_port:
+        from service.metrics import bind_metrics, report_dir
+
+        metrics_sock = bind_metrics(options.metrics_host, options.metrics_port)
+        options = replace(options, metrics_dir=str(report_dir()))
     children: list[_Child] = []
+    if metrics_sock is not None:
+        children.append(_Child("metrics", functools.partial(_serve_metrics, metrics_sock, options)))
     if dispatcher:
-        children.append(_Child("CoA dispatcher", lambda: asyncio.run(_serve_dispatcher(settings))))
+        children.append(
+            _Child(
+                "CoA dispatcher",
+                lambda: asyncio.run(_serve_dispatcher(settings, options.metrics_dir)),
+            )
+        )
     children.extend(
         _Child(f"worker {index}", functools.partial(_run_worker, settings, options, index))
         for index in range(options.workers)
     )
-    for child in children:
-        child.start()
-    return _supervise(children)
+    try:
+        for child in children:
+            child.start()
+        return _supervise(children)
+    finally:
+        if metrics_sock is not None:
+            metrics_sock.close()
+        if options.metrics_dir is not None:
+            import shutil
+
+            shutil.rmtree(options.metrics_dir, ignore_errors=True)
+
+
+def _serve_metrics(sock: socket.socket, options: ServeOptions) -> None:
+    """The metrics process: `/metrics` from the workers' reports, `/readyz` from their
+    state (radius/metrics.py). SIGTERM ends it (the default action)."""
+    from radius.metrics import readiness, registry_for
+    from service.metrics import MetricsServer
+
+    assert options.metrics_dir is not None
+    directory = Path(options.metrics_dir)
+    server = MetricsServer(
+        sock, registry_for(directory), lambda: readiness(directory, options.workers)
+    )
+    log.info(
+        "metrics on http://%s:%d/metrics (/healthz, /readyz)", options.metrics_host, server.port
+    )
+    server.serve_forever()
 
 
 def _supervise(children: list[_Child]) -> int:

@@ -267,6 +267,7 @@ class SnapshotKeeper:
         self._version = current_version
         # The state to patch (the one `on_swap` last received); None: the next change rebuilds.
         self._state = state
+        self.database_version = current_version  # the counter last read (for /metrics)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="snapshot-keeper", daemon=True)
         self.reloads = 0
@@ -305,6 +306,7 @@ class SnapshotKeeper:
         """Patch or reload if the counter moved; True when the state changed."""
         with self._factory() as session:
             version = change_version(session)
+            self.database_version = version
             if version == self._version:
                 session.rollback()
                 self._reached()

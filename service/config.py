@@ -166,6 +166,14 @@ class Settings(BaseSettings):
     # it is sent anyway (its history then says which worker it did not wait for).
     coa_wait_for_workers_seconds: float = Field(default=5.0, ge=0)
 
+    # --- observe it (issue 13) ---------------------------------------------------------------
+    # Each long-running command serves /metrics, /healthz and /readyz on this port (0: off).
+    # Defaults in the docs: 9812 radius, 9813 coa, 9814 portal, 9815 monitor.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    # "json": one JSON object per log line (ts, level, logger, message and extra fields).
+    log_format: Literal["text", "json"] = "text"
+
     @field_validator("admin_networks", mode="before")
     @classmethod
     def _admin_networks_from_text(cls, value: Any) -> Any:

@@ -12,6 +12,7 @@ from typer.core import TyperGroup, TyperOption
 from service.cli.common import CliState, argument_problem, default_actor, err_console
 from service.config import database_url_from, load_settings
 from service.errors import SchoolgateError
+from service.logs import LOG_FORMATS
 
 # Each area adds its commands with register(app). Its module is imported when one of its
 # commands runs (or `--help` lists them all): a command pays only for its own imports, and
@@ -111,10 +112,24 @@ def root(
         envvar="SCHOOLGATE_ACTOR",
         help="Who is making the change, for the audit log (default: your login name).",
     ),
+    log_format: str | None = typer.Option(
+        None,
+        "--log-format",
+        help="text, or json: one JSON object per log line (the servers). "
+        "Env: SCHOOLGATE_LOG_FORMAT.",
+        show_default=False,
+    ),
 ) -> None:
     if database_url is not None:
         database_url = database_url_from(database_url)
-    settings = load_settings(config, database_url=database_url)
+    overrides = {}
+    if log_format is not None:
+        if log_format not in LOG_FORMATS:
+            raise typer.BadParameter(
+                f"{log_format!r} is not text or json", param_hint="--log-format"
+            )
+        overrides["log_format"] = log_format
+    settings = load_settings(config, database_url=database_url, **overrides)
     state = CliState(settings=settings, actor=actor or default_actor())
     state.after_commit_hooks.append(_flush_queued_coa)
     ctx.obj = state

@@ -4,7 +4,6 @@ sends queued CoA / Disconnect requests as soon as a command commits."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 
 import typer
@@ -13,12 +12,15 @@ from service import enforcement
 from service.cli.common import (
     CliState,
     JsonOption,
+    MetricsPortOption,
     WideOption,
     console,
     fail,
     get_state,
+    metrics_port,
     print_json,
     print_rows,
+    setup_logging,
 )
 from service.cli.device import device_app
 from service.errors import SchoolgateError
@@ -123,15 +125,15 @@ def coa_run(
         False, "--once", help="Send what is pending (retries included), then exit."
     ),
     limit: float = typer.Option(60.0, "--limit", help="With --once: give up after seconds."),
+    metrics_port_option: int | None = MetricsPortOption,
 ) -> None:
     """Run the dispatcher on its own (the RADIUS server also runs it). Of all the dispatchers
     of one database, one sends at a time; the others are standbys (`coa status`)."""
     from radius.coa import UdpCoaSender  # sends even when CoA is off for the other commands
 
     state = get_state(ctx)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
-    )
+    port = metrics_port(state, metrics_port_option)
+    setup_logging(state)
     factory = state.session_factory()
     sender = UdpCoaSender()
     if once:
@@ -140,6 +142,9 @@ def coa_run(
         )
         console.print(f"worked {count} request attempt(s)", highlight=False)
         return
+
+    if port:
+        _serve_coa_metrics(state, port)
 
     async def forever() -> None:
         stop = asyncio.Event()
@@ -151,6 +156,27 @@ def coa_run(
         )
 
     asyncio.run(forever())
+
+
+def _serve_coa_metrics(state: CliState, port: int) -> None:
+    """`coa run`'s metrics port, on a thread: its outcomes, ready while the database answers."""
+    from prometheus_client import CollectorRegistry
+
+    from service.health import database_problem
+    from service.metrics import CoaCollector, start_metrics
+
+    factory = state.session_factory()
+
+    def ready() -> str | None:
+        with factory() as session:
+            return database_problem(session=session)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(CoaCollector())
+    try:
+        start_metrics(state.settings.metrics_host, port, registry, ready)
+    except SchoolgateError as exc:
+        fail(str(exc))
 
 
 @device_app.command("disconnect")

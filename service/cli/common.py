@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,6 +23,7 @@ from rich.text import Text
 
 from service.config import Settings
 from service.errors import Invalid
+from service.logs import configure_logging
 from service.text import find_control, json_visible, visible
 
 if TYPE_CHECKING:  # the database is imported by the commands that use it (service/cli/__init__)
@@ -276,3 +278,31 @@ def local_text(value: datetime | None, tz_name: str = "Europe/London") -> str | 
 
 def all_of(items: Iterable[Any]) -> list[Any]:
     return list(items)
+
+
+# --- what the long-running commands share for being observed (issue 13) ---------------------
+
+MetricsPortOption = typer.Option(
+    None,
+    "--metrics-port",
+    help="Serve /metrics, /healthz and /readyz on this TCP port of SCHOOLGATE_METRICS_HOST "
+    "(default 127.0.0.1); 0, the default, serves none. Env: SCHOOLGATE_METRICS_PORT.",
+    show_default=False,
+)
+
+
+def metrics_port(state: CliState, option: int | None) -> int:
+    """The option when given, else the settings' (`SCHOOLGATE_METRICS_PORT`)."""
+    port = state.settings.metrics_port if option is None else option
+    if not 0 <= port < 65536:
+        fail(f"--metrics-port {port} is not a TCP port (0 for none)")
+    return port
+
+
+def setup_logging(state: CliState, level_name: str = "info") -> int:
+    """Configure the root logger in the settings' format; returns the level."""
+    level = getattr(logging, level_name.upper(), None)
+    if not isinstance(level, int):
+        fail(f"unknown log level {level_name!r} (debug, info, warning, error)")
+    configure_logging(level, log_format=state.settings.log_format)
+    return level

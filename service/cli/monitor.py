@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from service.cli.common import console, err_console, fail, get_state, local_text, print_json
-from service.errors import Invalid
+from service.cli.common import (
+    MetricsPortOption,
+    console,
+    err_console,
+    fail,
+    get_state,
+    local_text,
+    metrics_port,
+    print_json,
+    setup_logging,
+)
+from service.errors import Invalid, SchoolgateError
+
+if TYPE_CHECKING:
+    from service.monitor.observe import MonitorProbe
 
 monitor_app = typer.Typer(
     help="Traffic-metadata monitor (mirror port or capture file).", no_args_is_help=True
@@ -57,6 +71,7 @@ def run(
         False, "--quiet", "-q", help="Counters only, no per-device summary."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    metrics_port_option: int | None = MetricsPortOption,
 ) -> None:
     """Record flows, DNS, server names, DHCP/ARP, visits and P2P/category alerts."""
     from service.monitor.run import run_monitor
@@ -64,6 +79,11 @@ def run(
     if (interface is None) == (read is None):
         fail("give exactly one of --interface IF or --read FILE")
     state = get_state(ctx)
+    port = metrics_port(state, metrics_port_option)
+    observe = None
+    if port:
+        setup_logging(state)
+        observe = _metrics_observer(state.settings.metrics_host, port)
     try:
         result = run_monitor(
             state.settings.database_url,
@@ -77,6 +97,7 @@ def run(
             max_packets=max_packets,
             keep_summary=not quiet,
             accounting_stale_after=state.settings.accounting_stale_after,
+            observe=observe,
         )
     except Invalid as exc:
         fail(str(exc))
@@ -115,6 +136,27 @@ def run(
     )
     if not quiet:
         _print_summary(_per_device(result, names, tz))
+
+
+def _metrics_observer(host: str, port: int) -> Callable[[MonitorProbe], None]:
+    """Bind the metrics port now (a port in use is one line before the capture starts); serve
+    the run's counters on it once the capture is set up."""
+    from prometheus_client import CollectorRegistry
+
+    from service.metrics import MetricsServer, bind_metrics
+    from service.monitor.observe import MonitorCollector
+
+    try:
+        sock = bind_metrics(host, port)
+    except SchoolgateError as exc:
+        fail(str(exc))
+
+    def observe(probe: MonitorProbe) -> None:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(MonitorCollector(probe))
+        MetricsServer(sock, registry, probe.readiness).start()
+
+    return observe
 
 
 def _per_device(result: Any, names: dict[str, dict[int, str]], tz: str) -> list[dict[str, Any]]:

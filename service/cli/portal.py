@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import typer
 
-from service.cli.common import JsonOption, get_state, print_json, print_rows
+from service.cli.common import (
+    JsonOption,
+    MetricsPortOption,
+    fail,
+    get_state,
+    metrics_port,
+    print_json,
+    print_rows,
+)
+from service.errors import SchoolgateError
 
 
 def register(app: typer.Typer) -> None:
@@ -21,6 +30,7 @@ def register(app: typer.Typer) -> None:
             "--trusted-proxy",
             help="IP of a TLS reverse proxy whose X-Forwarded-For gives the client's address.",
         ),
+        metrics_port_option: int | None = MetricsPortOption,
     ) -> None:
         """Serve the captive portal and /api/v1 with uvicorn."""
         from portal.serve import run_portal, with_portal_url
@@ -29,19 +39,24 @@ def register(app: typer.Typer) -> None:
 
         state = get_state(ctx)
         refuse_weak_keys(state.settings, host)
-        settings = with_portal_url(state.settings, host=host, port=port)
+        settings = with_portal_url(state.settings, host=host, port=port).model_copy(
+            update={"metrics_port": metrics_port(state, metrics_port_option)}
+        )
         typer.echo(
             f"portal listening on {host}:{port}; the controller must redirect captive clients "
             f"to {settings.portal_url} (set SCHOOLGATE_PORTAL_URL to change it)"
         )
-        run_portal(
-            settings,
-            host=host,
-            port=port,
-            trusted_proxy=trusted_proxy,
-            session_factory=state.session_factory(),
-            coa_sender=sender_for(settings),
-        )
+        try:
+            run_portal(
+                settings,
+                host=host,
+                port=port,
+                trusted_proxy=trusted_proxy,
+                session_factory=state.session_factory(),
+                coa_sender=sender_for(settings),
+            )
+        except SchoolgateError as exc:  # the metrics port in use
+            fail(str(exc))
 
     @token_app.command("create")
     def create(

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 import typer
 
-from service.cli.common import fail, get_state
+from service.cli.common import MetricsPortOption, fail, get_state, metrics_port, setup_logging
 
 radius_app = typer.Typer(help="The RADIUS authorizer for Wi-Fi controllers and switches.")
 
@@ -34,14 +32,13 @@ def radius_serve(
     log_level: str = typer.Option(
         "info", "--log-level", help="debug logs every dropped packet and why."
     ),
+    metrics_port_option: int | None = MetricsPortOption,
 ) -> None:
     """Answer NAS clients registered with `nas add` until SIGTERM or Ctrl-C."""
     from radius.server import ServeOptions, serve
 
     state = get_state(ctx)
-    level = getattr(logging, log_level.upper(), None)
-    if not isinstance(level, int):
-        fail(f"unknown log level {log_level!r} (debug, info, warning, error)")
+    metrics = metrics_port(state, metrics_port_option)
     if workers < 1 or workers > 64:
         fail("--workers must be between 1 and 64")
     for name, port in (("--auth-port", auth_port), ("--acct-port", acct_port)):
@@ -49,11 +46,15 @@ def radius_serve(
             fail(f"{name} {port} is not a UDP port")
     if auth_port == acct_port:
         fail("--auth-port and --acct-port must differ")
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
-    )
+    setup_logging(state, log_level)
     options = ServeOptions(
-        host=host, auth_port=auth_port, acct_port=acct_port, workers=workers, coa_dispatcher=coa
+        host=host,
+        auth_port=auth_port,
+        acct_port=acct_port,
+        workers=workers,
+        coa_dispatcher=coa,
+        metrics_host=state.settings.metrics_host,
+        metrics_port=metrics,
     )
     try:
         code = serve(state.settings, options)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import typer
 from pydantic import SecretStr
 
-from service.cli.common import console, err_console, fail, get_state
+from service.cli.common import console, err_console, fail, get_state, metrics_port
 from service.config import Settings
 from service.secrets_store import check_serving_keys
 
@@ -35,6 +35,9 @@ class ServeAddresses:
     acct_port: int = 1813
     portal_port: int = 8080
     workers: int = 1
+    # RADIUS's metrics port (its CoA dispatcher's outcomes included); the portal's is this
+    # one + 2, as in the documented defaults (9812 radius, 9814 portal). 0: none.
+    metrics_port: int = 0
 
 
 def register(app: typer.Typer) -> None:
@@ -48,10 +51,22 @@ def serve(
     acct_port: int = typer.Option(1813, "--acct-port", help="RADIUS Accounting-Request port."),
     portal_port: int = typer.Option(8080, "--portal-port", help="Captive portal HTTP port."),
     workers: int = typer.Option(1, "--workers", help="RADIUS worker processes."),
+    metrics_port_option: int | None = typer.Option(
+        None,
+        "--metrics-port",
+        help="RADIUS's metrics port (/metrics, /healthz, /readyz); the portal's is this + 2. "
+        "0, the default, serves none. Env: SCHOOLGATE_METRICS_PORT.",
+        show_default=False,
+    ),
 ) -> None:
     """Run the RADIUS authorizer, its CoA dispatcher and the captive portal until Ctrl-C."""
+    state = get_state(ctx)
+    port = metrics_port(state, metrics_port_option)
+    if port > 65533:
+        fail(f"--metrics-port {port}: the portal's would be {port + 2}, not a TCP port")
     serve_all(
-        get_state(ctx).settings, ServeAddresses(host, auth_port, acct_port, portal_port, workers)
+        state.settings,
+        ServeAddresses(host, auth_port, acct_port, portal_port, workers, port),
     )
 
 
@@ -109,6 +124,8 @@ def start_radius(settings: Settings, where: ServeAddresses) -> subprocess.Popen[
         str(where.acct_port),
         "--workers",
         str(where.workers),
+        "--metrics-port",
+        str(where.metrics_port),
     ]
     # preexec_fn only calls prctl; the portal and its threads start after this.
     child = subprocess.Popen(
@@ -165,6 +182,9 @@ def serve_all(
         fail(f"TCP port {where.portal_port} on {where.host} is in use (is a portal running?)")
     settings = with_portal_url(settings, host=where.host, port=where.portal_port)
     radius = start_radius(settings, where)
+    settings = settings.model_copy(
+        update={"metrics_port": where.metrics_port + 2 if where.metrics_port else 0}
+    )
     engine = make_engine(settings.database_url)
     try:
         if on_ready is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,9 +17,14 @@ from service.mac import normalize_mac
 from service.models import AccountingSession
 from service.models.coa import CoaRequest
 
+# Transitions this process made, by the state reached: the CoA outcomes on /metrics
+# (service/metrics.py reads it when scraped).
+TRANSITIONS: Counter[str] = Counter()
+
 
 def record(row: CoaRequest, state: CoaState, detail: str, *, now: datetime) -> None:
     """Move a request to `state` at `now`, appending the transition to its history."""
+    TRANSITIONS[state.value] += 1
     row.state = state
     row.updated_at = now
     row.detail = detail

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +19,7 @@ from service.errors import Invalid
 from service.monitor.categories import load_categories
 from service.monitor.engine import Monitor
 from service.monitor.messages import Setup
+from service.monitor.observe import MonitorProbe
 from service.monitor.parser import LINK_ETHERNET
 from service.monitor.recording import Recording
 from service.monitor.records import with_datetimes
@@ -56,10 +57,12 @@ def run_monitor(
     max_packets: int | None = None,
     keep_summary: bool = True,
     accounting_stale_after: float = 4 * 3600.0,
+    observe: Callable[[MonitorProbe], None] | None = None,
 ) -> RunResult:
     """Capture from `interface` or `read` a file until it ends (or `duration`, `max_packets`,
     SIGTERM, Ctrl-C). Raises Invalid for a capture, site or database it cannot use, before
-    anything is written."""
+    anything is written. `observe` receives the run's counters once the capture is set up
+    (for the metrics port: service/monitor/observe.py)."""
     setup = Setup(
         database_url,
         site_code=site_code,
@@ -76,6 +79,7 @@ def run_monitor(
             bpf=bpf,
             duration=duration,
             max_packets=max_packets,
+            observe=observe,
         )
 
 
@@ -103,6 +107,7 @@ def _run(
     bpf: str | None,
     duration: float | None,
     max_packets: int | None,
+    observe: Callable[[MonitorProbe], None] | None = None,
 ) -> RunResult:
     # The writer process first: it imports the database side and connects while this one
     # imports scapy and opens the capture.
@@ -118,6 +123,9 @@ def _run(
     except Invalid:
         writer.abandon()
         raise
+    probe = MonitorProbe(monitor.counters, stats)
+    if observe is not None:
+        observe(probe)
     started = time.perf_counter()
     stop = {"now": False}
 
@@ -126,6 +134,7 @@ def _run(
 
     previous = signal.signal(signal.SIGTERM, on_signal)
     live: LiveCapture | None = None
+    probe.capturing = True
     try:
         try:
             if read is not None:
@@ -141,6 +150,7 @@ def _run(
             pass
         monitor.finish()
     finally:
+        probe.ended = True
         if live is not None:
             live.close()
         recorded = writer.close()
