@@ -76,6 +76,9 @@ def run(
             duration=duration,
             max_packets=max_packets,
             keep_summary=not quiet,
+            on_capturing=lambda what: err_console.print(
+                f"capturing on {what}", markup=False, highlight=False
+            ),
         )
     except Invalid as exc:
         fail(str(exc))

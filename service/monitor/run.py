@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,10 +55,13 @@ def run_monitor(
     duration: float | None = None,
     max_packets: int | None = None,
     keep_summary: bool = True,
+    on_capturing: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Capture from `interface` or `read` a file until it ends (or `duration`, `max_packets`,
     SIGTERM, Ctrl-C). Raises Invalid for a capture, site or database it cannot use, before
-    anything is written."""
+    anything is written. `on_capturing(description)` is called once the live socket and its
+    ring are open, so whoever started the run knows packets sent from then on are seen (the
+    CLI prints it; tests and bench/monitor_live.py wait for that line instead of sleeping)."""
     setup = Setup(
         database_url,
         site_code=site_code,
@@ -74,6 +77,7 @@ def run_monitor(
             bpf=bpf,
             duration=duration,
             max_packets=max_packets,
+            on_capturing=on_capturing,
         )
 
 
@@ -101,6 +105,7 @@ def _run(
     bpf: str | None,
     duration: float | None,
     max_packets: int | None,
+    on_capturing: Callable[[str], None] | None = None,
 ) -> RunResult:
     # The writer process first: it imports the database side and connects while this one
     # imports scapy and opens the capture.
@@ -134,6 +139,8 @@ def _run(
             else:
                 assert interface is not None
                 live = LiveCapture(interface, bpf, stats)
+                if on_capturing is not None:
+                    on_capturing(live.describe())
                 _live(live, monitor, writer, stop, duration, max_packets)
         except KeyboardInterrupt:
             pass
@@ -171,7 +178,7 @@ def _live(
     for ts in live.blocks(frame_in, stop_after=duration, max_packets=max_packets):
         if ts > monitor.now:
             monitor.tick(ts)
-        if stop["now"]:
+        if stop["now"] and not live.drain():
             break
         if time.monotonic() - last_drops > 1.0:
             live.read_drops()
