@@ -143,6 +143,7 @@ def main() -> None:
                         "--rate",
                         "200",
                         "--nonblocking",
+                        "--subprocesses",
                         "-o",
                         str(args.profile),
                         "--pid",
@@ -213,6 +214,9 @@ def report(
     achieved = float(sent.group(1)) if sent else 0.0
     drops = capture["kernel_drops"]
     seen = counters["packets"]
+    sent_ok = re.search(r"Successful packets:\s*(\d+)", replay_out)
+    failed = re.search(r"Failed packets:\s*(\d+)", replay_out)
+    delivered = int(sent_ok.group(1)) if sent_ok else packets
     print(
         f"load average {' '.join(f'{x:.2f}' for x in load)} on {os.cpu_count()} CPUs; "
         f"niceness {args.nice}; "
@@ -220,7 +224,8 @@ def report(
     )
     print(
         f"sent {packets} packets ({initials} QUIC client Initials) asking --pps {args.pps}: "
-        f"tcpreplay reached {achieved:,.0f} packets/s ({rate_line})"
+        f"tcpreplay reached {achieved:,.0f} packets/s ({rate_line}); sent {delivered}, "
+        f"failed {failed.group(1) if failed else '?'} (tcpreplay's counts)"
     )
     print(
         f"kernel: {capture['kernel_packets']} packets, {drops} dropped; engine saw {seen}; "
@@ -238,7 +243,7 @@ def report(
         f"the capture loop waited {cpu.waited:.2f} s for a CPU (runnable, others running) while "
         f"it ran {cpu.capture:.2f} s"
     )
-    met = drops == 0 and seen >= packets and achieved >= TARGET_PPS
+    met = drops == 0 and seen >= delivered and achieved >= TARGET_PPS
     why = []
     if achieved < TARGET_PPS:
         why.append(f"the replay reached only {achieved:,.0f} packets/s")
