@@ -229,6 +229,7 @@ def report(
     )
     print(
         f"kernel: {capture['kernel_packets']} packets, {drops} dropped; engine saw {seen}; "
+        f"ring resyncs {capture.get('ring_resyncs')}; "
         f"flows {counters['flows']}, QUIC undecryptable {counters.get('quic_undecryptable')}, "
         f"rows written {summary['written']}"
     )

@@ -43,6 +43,7 @@ RING_BLOCK_CHOICES = (RING_BLOCKS, 64, 16)
 RING_FRAME = 2048
 RING_TIMEOUT_MS = 50  # a block is handed over after this long even when not full
 _BLOCK_HEADER = struct.Struct("=IIIIII").unpack_from  # version, priv, status, num, first, len
+_BLOCK_STATUS_SEQ = struct.Struct("=8xI12xQ").unpack_from  # status, seq_num
 _PACKET_HEADER = struct.Struct("=IIIII4xH").unpack_from  # next, sec, nsec, snaplen, len, mac
 _TP_STATUS_USER = 1
 RCVBUF_BYTES = 64 * 1024 * 1024  # a large buffer rides out bursts and database pauses
@@ -58,6 +59,7 @@ class CaptureStats:
     read_errors: int = 0
     kernel_packets: int = 0
     kernel_drops: int = 0
+    ring_resyncs: int = 0  # times the capture found the kernel filling another ring block
 
 
 # A frame handler: (timestamp, buffer, start, end) with the frame at buffer[start:end].
@@ -373,15 +375,32 @@ class LiveCapture:
         while deadline is None or time.monotonic() < deadline:
             at = block * RING_BLOCK
             status, count, first = block_header(ring, at)[2:5]
-            if self._drain_left is not None:
-                if not status & _TP_STATUS_USER or self._drain_left == 0:
-                    return  # stopping: every block the kernel had handed over is read
-                self._drain_left -= 1
             if not status & _TP_STATUS_USER:
-                poller.poll(200)
-                if not block_header(ring, at)[2] & _TP_STATUS_USER:
-                    yield time.time()  # a heartbeat so the engine can expire flows
+                if self._drain_left is None:
+                    events = poller.poll(200)
+                    if block_header(ring, at)[2] & _TP_STATUS_USER:
+                        continue
+                    if not events:
+                        yield time.time()  # a heartbeat so the engine can expire flows
+                        continue
+                # The socket is readable (or we are stopping) yet this block is not handed
+                # over: if the kernel has filled others, carry on from its oldest one, rather
+                # than wait here (busy, the rest of the ring filling and then dropping).
+                ready = self._oldest_ready()
+                if ready is not None:
+                    stats.ring_resyncs += 1
+                    block = ready
+                    continue
+                if self._drain_left is not None:
+                    return  # stopping: every block the kernel had handed over is read
+                self._clear_error()
+                time.sleep(0.001)  # a readable socket with nothing to read: no busy loop
+                yield time.time()
                 continue
+            if self._drain_left is not None:
+                if self._drain_left == 0:
+                    return
+                self._drain_left -= 1
             # Hot path (bench/monitor_live.py): one unpack_from per packet, no copies.
             pos = at + first
             ts = 0.0
@@ -399,6 +418,26 @@ class LiveCapture:
             yield ts or time.time()
             if max_packets is not None and total >= max_packets:
                 return
+
+    def _oldest_ready(self) -> int | None:
+        """The handed-over block with the lowest sequence number (the kernel fills blocks in
+        order), or None. Reads every block's header: only off the hot path."""
+        ring = self.ring
+        assert ring is not None
+        best: int | None = None
+        best_seq = 0
+        for index in range(self.ring_blocks):
+            status, seq = _BLOCK_STATUS_SEQ(ring, index * RING_BLOCK)
+            if status & _TP_STATUS_USER and (best is None or seq < best_seq):
+                best, best_seq = index, seq
+        return best
+
+    def _clear_error(self) -> None:
+        """Read (and so clear) a pending socket error, which would keep poll() returning."""
+        try:
+            self.raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError:
+            self.stats.read_errors += 1
 
     def drain(self) -> bool:
         """Stop after the blocks the kernel has already filled (at most one ring's worth), so
