@@ -20,7 +20,7 @@ from service.monitor.categories import load_categories
 from service.monitor.engine import Monitor
 from service.monitor.messages import Setup
 from service.monitor.parser import LINK_ETHERNET
-from service.monitor.recording import Recording
+from service.monitor.recording import LIVE_WRITER_NICENESS, Recording
 from service.monitor.records import with_datetimes
 
 if TYPE_CHECKING:  # scapy is imported once the writer process has been forked (see _run)
@@ -109,7 +109,7 @@ def _run(
 ) -> RunResult:
     # The writer process first: it imports the database side and connects while this one
     # imports scapy and opens the capture.
-    writer = Recording(setup)
+    writer = Recording(setup, niceness=0 if read is not None else LIVE_WRITER_NICENESS)
     monitor = Monitor(recorder=writer)
     try:
         from service.monitor.capture import CaptureStats, LiveCapture, feed_file
