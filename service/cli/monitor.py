@@ -98,6 +98,9 @@ def run(
             keep_summary=not quiet,
             accounting_stale_after=state.settings.accounting_stale_after,
             observe=observe,
+            on_capturing=lambda what: err_console.print(
+                f"capturing on {what}", markup=False, highlight=False
+            ),
         )
     except Invalid as exc:
         fail(str(exc))

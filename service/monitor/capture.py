@@ -35,10 +35,15 @@ TPACKET_V3 = 2
 # so the capture loop makes no system call per packet and copies nothing (bench/monitor_live.py:
 # recv() per packet was the ceiling below 200,000 packets/s on the 2-core machine).
 RING_BLOCK = 1 << 20  # bytes per block
-RING_BLOCKS = 64  # 64 MiB in all: a second of a busy uplink while the engine catches up
+# 256 MiB in all: about 300,000 packets of the school-day mix (770 bytes on average), 1.5 s at
+# 200,000 packets/s, so a burst, a pause of the writer or a busy machine is absorbed rather than
+# dropped. A kernel that cannot lock that much gets the largest of the smaller sizes it can.
+RING_BLOCKS = 256
+RING_BLOCK_CHOICES = (RING_BLOCKS, 64, 16)
 RING_FRAME = 2048
 RING_TIMEOUT_MS = 50  # a block is handed over after this long even when not full
 _BLOCK_HEADER = struct.Struct("=IIIIII").unpack_from  # version, priv, status, num, first, len
+_BLOCK_STATUS_SEQ = struct.Struct("=8xI12xQ").unpack_from  # status, seq_num
 _PACKET_HEADER = struct.Struct("=IIIII4xH").unpack_from  # next, sec, nsec, snaplen, len, mac
 _TP_STATUS_USER = 1
 RCVBUF_BYTES = 64 * 1024 * 1024  # a large buffer rides out bursts and database pauses
@@ -54,6 +59,7 @@ class CaptureStats:
     read_errors: int = 0
     kernel_packets: int = 0
     kernel_drops: int = 0
+    ring_resyncs: int = 0  # times the capture found the kernel filling another ring block
 
 
 # A frame handler: (timestamp, buffer, start, end) with the frame at buffer[start:end].
@@ -302,29 +308,48 @@ class LiveCapture:
                 continue
         raw.settimeout(0.2)
         self.raw = raw
+        self.interface = interface
+        self.ring_blocks = 0
+        self._drain_left: int | None = None  # blocks still to read once drain() was called
         self.ring: mmap.mmap | None = self._ring(raw)
         self.read_drops()  # reset the kernel counters
+        self.stats.kernel_packets = self.stats.kernel_drops = 0
 
-    @staticmethod
-    def _ring(raw: socket.socket) -> mmap.mmap | None:
-        """A TPACKET_V3 receive ring on the socket, or None where the kernel refuses one
-        (then `packets` reads with recv)."""
+    def describe(self) -> str:
+        """What is listening: the interface and the ring (or recv() when there is none)."""
+        if self.ring is None:
+            return f"{self.interface} (recv, no ring)"
+        return f"{self.interface} (TPACKET_V3 ring, {self.ring_blocks * RING_BLOCK >> 20} MiB)"
+
+    def _ring(self, raw: socket.socket) -> mmap.mmap | None:
+        """A TPACKET_V3 receive ring on the socket (the largest of RING_BLOCK_CHOICES the
+        kernel grants), or None where the kernel refuses one (then `packets` reads with recv)."""
         try:
             raw.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+        except OSError:
+            return None
+        for blocks in RING_BLOCK_CHOICES:
             request = struct.pack(
                 "=7I",
                 RING_BLOCK,
-                RING_BLOCKS,
+                blocks,
                 RING_FRAME,
-                RING_BLOCK * RING_BLOCKS // RING_FRAME,
+                RING_BLOCK * blocks // RING_FRAME,
                 RING_TIMEOUT_MS,
                 0,
                 0,
             )
-            raw.setsockopt(SOL_PACKET, PACKET_RX_RING, request)
-            return mmap.mmap(raw.fileno(), RING_BLOCK * RING_BLOCKS)
-        except OSError:
-            return None
+            try:
+                raw.setsockopt(SOL_PACKET, PACKET_RX_RING, request)
+            except OSError:
+                continue  # ENOMEM: try a smaller ring
+            try:
+                ring = mmap.mmap(raw.fileno(), RING_BLOCK * blocks)
+            except OSError:
+                return None
+            self.ring_blocks = blocks
+            return ring
+        return None
 
     def blocks(
         self, emit: FrameHandler, *, stop_after: float | None = None, max_packets: int | None = None
@@ -344,16 +369,38 @@ class LiveCapture:
         poller.register(self.raw.fileno(), select.POLLIN | select.POLLERR)
         stats = self.stats
         block_header, packet_header = _BLOCK_HEADER, _PACKET_HEADER
+        ring_blocks = self.ring_blocks
         block = 0
         total = 0
         while deadline is None or time.monotonic() < deadline:
             at = block * RING_BLOCK
             status, count, first = block_header(ring, at)[2:5]
             if not status & _TP_STATUS_USER:
-                poller.poll(200)
-                if not block_header(ring, at)[2] & _TP_STATUS_USER:
-                    yield time.time()  # a heartbeat so the engine can expire flows
+                if self._drain_left is None:
+                    events = poller.poll(200)
+                    if block_header(ring, at)[2] & _TP_STATUS_USER:
+                        continue
+                    if not events:
+                        yield time.time()  # a heartbeat so the engine can expire flows
+                        continue
+                # The socket is readable (or we are stopping) yet this block is not handed
+                # over: if the kernel has filled others, carry on from its oldest one, rather
+                # than wait here (busy, the rest of the ring filling and then dropping).
+                ready = self._oldest_ready()
+                if ready is not None:
+                    stats.ring_resyncs += 1
+                    block = ready
+                    continue
+                if self._drain_left is not None:
+                    return  # stopping: every block the kernel had handed over is read
+                self._clear_error()
+                time.sleep(0.001)  # a readable socket with nothing to read: no busy loop
+                yield time.time()
                 continue
+            if self._drain_left is not None:
+                if self._drain_left == 0:
+                    return
+                self._drain_left -= 1
             # Hot path (bench/monitor_live.py): one unpack_from per packet, no copies.
             pos = at + first
             ts = 0.0
@@ -367,10 +414,39 @@ class LiveCapture:
             stats.records += count
             total += count
             struct.pack_into("=I", ring, at + 8, 0)  # the block goes back to the kernel
-            block = (block + 1) % RING_BLOCKS
+            block = (block + 1) % ring_blocks
             yield ts or time.time()
             if max_packets is not None and total >= max_packets:
                 return
+
+    def _oldest_ready(self) -> int | None:
+        """The handed-over block with the lowest sequence number (the kernel fills blocks in
+        order), or None. Reads every block's header: only off the hot path."""
+        ring = self.ring
+        assert ring is not None
+        best: int | None = None
+        best_seq = 0
+        for index in range(self.ring_blocks):
+            status, seq = _BLOCK_STATUS_SEQ(ring, index * RING_BLOCK)
+            if status & _TP_STATUS_USER and (best is None or seq < best_seq):
+                best, best_seq = index, seq
+        return best
+
+    def _clear_error(self) -> None:
+        """Read (and so clear) a pending socket error, which would keep poll() returning."""
+        try:
+            self.raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError:
+            self.stats.read_errors += 1
+
+    def drain(self) -> bool:
+        """Stop after the blocks the kernel has already filled (at most one ring's worth), so
+        a SIGTERM loses none of what was captured. False without a ring: stop at once."""
+        if self.ring is None:
+            return False
+        if self._drain_left is None:
+            self._drain_left = self.ring_blocks
+        return True
 
     def read_drops(self) -> int:
         """Packets and drops since the last call, added to the stats; returns new drops."""

@@ -10,7 +10,9 @@ comes back as `Invalid` from `check()` before any row is written.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
 import queue
 from typing import Any, NoReturn
 
@@ -28,7 +30,7 @@ class Recording:
     (forked) that runs a `Recorder` and inserts its rows (writer.record_and_write). `close()`
     returns the RecordingResult."""
 
-    def __init__(self, setup: Setup, *, batch_size: int = 5000) -> None:
+    def __init__(self, setup: Setup, *, batch_size: int = 5000, niceness: int = 0) -> None:
         self.batch_size = batch_size
         self.events: list[Event] = []
         self.ready: Ready | None = None
@@ -41,7 +43,7 @@ class Recording:
         self._results, results_out = context.Pipe(duplex=False)
         self._process = context.Process(
             target=_writer_process,
-            args=(setup, self._batches, results_out),
+            args=(setup, self._batches, results_out, niceness),
             name="monitor-writer",
             daemon=True,
         )
@@ -170,8 +172,20 @@ class Recording:
         self.result.last_error = f"writer process ended; {len(batch)} records not written"
 
 
-def _writer_process(setup: Setup, batches: Any, results: Any) -> None:
+# In a live capture the writer process yields the CPU to the capture loop: a late capture
+# loop loses packets (the ring overflows), a late writer only writes a few seconds later (its
+# queue holds about a million packets' events). bench/monitor_live.py: on 2 cores the capture
+# loop, the writer and the kernel's packet delivery compete for the CPU. Reading a file, the
+# two run at the same priority (nothing is lost by waiting; the run ends when both are done).
+LIVE_WRITER_NICENESS = 5
+
+
+def _writer_process(setup: Setup, batches: Any, results: Any, niceness: int) -> None:
     """Entry of the forked writer process: the database side is imported here, not before."""
+    if niceness:
+        # setpriority refused (a seccomp filter): the writer keeps the capture's priority
+        with contextlib.suppress(OSError):
+            os.nice(niceness)
     from service.monitor.writer import record_and_write
 
     record_and_write(setup, batches, results)

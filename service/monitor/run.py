@@ -21,7 +21,7 @@ from service.monitor.engine import Monitor
 from service.monitor.messages import Setup
 from service.monitor.observe import MonitorProbe
 from service.monitor.parser import LINK_ETHERNET
-from service.monitor.recording import Recording
+from service.monitor.recording import LIVE_WRITER_NICENESS, Recording
 from service.monitor.records import with_datetimes
 
 if TYPE_CHECKING:  # scapy is imported once the writer process has been forked (see _run)
@@ -58,11 +58,15 @@ def run_monitor(
     keep_summary: bool = True,
     accounting_stale_after: float = 4 * 3600.0,
     observe: Callable[[MonitorProbe], None] | None = None,
+    on_capturing: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Capture from `interface` or `read` a file until it ends (or `duration`, `max_packets`,
     SIGTERM, Ctrl-C). Raises Invalid for a capture, site or database it cannot use, before
     anything is written. `observe` receives the run's counters once the capture is set up
-    (for the metrics port: service/monitor/observe.py)."""
+    (for the metrics port: service/monitor/observe.py). `on_capturing(description)` is called
+    once the live socket and its ring are open, so whoever started the run knows packets sent
+    from then on are seen (the CLI prints it; tests and bench/monitor_live.py wait for that
+    line instead of sleeping)."""
     setup = Setup(
         database_url,
         site_code=site_code,
@@ -80,6 +84,7 @@ def run_monitor(
             duration=duration,
             max_packets=max_packets,
             observe=observe,
+            on_capturing=on_capturing,
         )
 
 
@@ -108,10 +113,11 @@ def _run(
     duration: float | None,
     max_packets: int | None,
     observe: Callable[[MonitorProbe], None] | None = None,
+    on_capturing: Callable[[str], None] | None = None,
 ) -> RunResult:
     # The writer process first: it imports the database side and connects while this one
     # imports scapy and opens the capture.
-    writer = Recording(setup)
+    writer = Recording(setup, niceness=0 if read is not None else LIVE_WRITER_NICENESS)
     monitor = Monitor(recorder=writer)
     try:
         from service.monitor.capture import CaptureStats, LiveCapture, feed_file
@@ -145,6 +151,8 @@ def _run(
             else:
                 assert interface is not None
                 live = LiveCapture(interface, bpf, stats)
+                if on_capturing is not None:
+                    on_capturing(live.describe())
                 _live(live, monitor, writer, stop, duration, max_packets)
         except KeyboardInterrupt:
             pass
@@ -180,10 +188,15 @@ def _live(
 ) -> None:
     frame_in = monitor.handler(LINK_ETHERNET)  # scapy's L2 socket gives Ethernet frames
     last_drops = time.monotonic()
+    next_tick = 0.0
     for ts in live.blocks(frame_in, stop_after=duration, max_packets=max_packets):
-        if ts > monitor.now:
+        # A heartbeat (no packets for 0.2 s) moves the clock on, at most once a second: a tick
+        # walks every unanswered DNS query, and five a second of those cost as much CPU as the
+        # idle line itself (bench/monitor_live.py's profile).
+        if ts > monitor.now and ts >= next_tick:
             monitor.tick(ts)
-        if stop["now"]:
+            next_tick = ts + 1.0
+        if stop["now"] and not live.drain():
             break
         if time.monotonic() - last_drops > 1.0:
             live.read_drops()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -48,6 +49,16 @@ def veth():
         subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
 
 
+def _capturing(monitor: subprocess.Popen[str]) -> str:
+    """The monitor's first line on stderr: "capturing on IF (...)" once it listens."""
+    assert monitor.stderr is not None
+    line = monitor.stderr.readline()
+    if not line.startswith("capturing on"):
+        monitor.kill()
+        pytest.fail(f"the monitor did not start capturing: {line}{monitor.stderr.read()}")
+    return line.strip()
+
+
 def test_live_capture_on_a_veth_pair(veth, sqlite_url, tmp_path) -> None:
     ns, outside, inside = veth
     capture = t.write(tmp_path / "day.pcap", t.school_day())
@@ -62,7 +73,7 @@ def test_live_capture_on_a_veth_pair(veth, sqlite_url, tmp_path) -> None:
             "--interface",
             outside,
             "--duration",
-            "8",
+            "60",
             "--json",
         ],
         env=env,
@@ -71,7 +82,10 @@ def test_live_capture_on_a_veth_pair(veth, sqlite_url, tmp_path) -> None:
         text=True,
     )
     try:
-        time.sleep(3)  # start-up: imports and the socket
+        # Start-up (imports, the writer process, the socket) takes a second or ten on a busy
+        # machine: replay once the monitor says its socket and ring are open.
+        said = _capturing(monitor)
+        assert said.startswith(f"capturing on {outside} ("), said
         for _ in range(3):
             subprocess.run(
                 [
@@ -89,6 +103,8 @@ def test_live_capture_on_a_veth_pair(veth, sqlite_url, tmp_path) -> None:
                 check=True,
                 capture_output=True,
             )
+        time.sleep(1.0)  # the last ring block is handed over within 50 ms; then stop
+        monitor.send_signal(signal.SIGTERM)
         out, err = monitor.communicate(timeout=60)
     finally:
         if monitor.poll() is None:
