@@ -31,6 +31,7 @@ DEFAULT_RETENTION_DAYS = {
     "alerts": 730,
     "bindings": 90,
     "coa_requests": 90,
+    "device_names": 90,  # names devices announced (mDNS, NetBIOS, DHCP): by last seen
 }
 
 

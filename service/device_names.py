@@ -5,12 +5,14 @@ monitor's writer, read where the IT lead looks at a device (`device show`, `devi
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from service.config import Settings
 from service.export_types import ExportQuery, iso
 from service.mac import normalize_mac
 from service.models.names import DeviceName
@@ -86,3 +88,14 @@ def export_names(session: Session, q: ExportQuery) -> Iterator[dict[str, Any]]:
             "last_seen": iso(row.last_seen),
             "site": row.site_code,
         }
+
+
+def purge(session: Session, settings: Settings, now: datetime) -> dict[str, int]:
+    """Retention: names not seen for `retention_days["device_names"]` days are deleted (a
+    device's name, "Sams-iPad", is personal data like the traffic it was seen in)."""
+    days = settings.retention_days.get("device_names")
+    if days is None:
+        return {}
+    cutoff = now - timedelta(days=days)
+    result: Any = session.execute(delete(DeviceName).where(DeviceName.last_seen < cutoff))
+    return {"device_names": int(result.rowcount or 0)}

@@ -15,8 +15,10 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
+from service.config import Settings
 from service.device_names import names_of, record_device_names
 from service.monitor.attribution import Attributor
+from service.retention import purge
 from tests.monitor import traffic as t
 from tests.monitor.conftest import SHARED_PCAPS, shared
 
@@ -242,6 +244,25 @@ def test_record_device_names_upserts(session) -> None:
         datetime.fromtimestamp(t.T0 + 5, UTC),
         datetime.fromtimestamp(t.T0 + 5, UTC),
     )
+
+
+def test_retention_purges_names_not_seen_for_its_period(session) -> None:
+    """A name last seen before `retention_days["device_names"]` is deleted by the purge, one
+    seen since is kept, and the audit log says how many went (SQLite and PostgreSQL)."""
+    record_device_names(
+        session=session,
+        rows=[
+            _name_row(t.LAPTOP_MAC, "Sams-iPad", "10.10.0.21", 0, 0),
+            _name_row(PRINTER_MAC, "Office-Printer", None, 0, 40 * 86400),
+        ],
+    )
+    session.commit()
+    settings = Settings(retention_days={"device_names": 30})
+    now = datetime.fromtimestamp(t.T0 + 45 * 86400, UTC)
+    removed = purge(session, settings=settings, now=now, actor="test")
+    session.commit()
+    assert removed["device_names"] == 1
+    assert list(names_of(session=session, macs=[t.LAPTOP_MAC, PRINTER_MAC])) == [PRINTER_MAC]
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # both: the test above
