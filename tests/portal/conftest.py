@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from portal.app import create_app
@@ -28,8 +29,26 @@ Connect = Callable[..., None]
 def connect(session_factory: sessionmaker[Session]) -> Connect:
     """Open an accounting session: the network saw `mac` at `ip` (what RADIUS accounting stores)."""
 
-    def run(mac: str, ip: str, *, site: str = "westgate", called: str = "AP-HALL-1") -> None:
+    def run(
+        mac: str,
+        ip: str,
+        *,
+        site: str = "westgate",
+        called: str = "AP-HALL-1",
+        at: datetime | None = None,
+    ) -> None:
+        """`at`: an Interim-Update at that moment for a session already open (a session that
+        hears nothing for `accounting_stale_after` no longer names its device)."""
         with transaction(session_factory) as session:
+            if at is not None:
+                row = session.scalar(
+                    select(AccountingSession).where(
+                        AccountingSession.acct_session_id == f"s-{mac}-{ip}"
+                    )
+                )
+                assert row is not None, "an interim update needs connect() first"
+                row.updated_at = at
+                return
             session.add(
                 AccountingSession(
                     nas_ip="127.0.0.1",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import timedelta
 from types import SimpleNamespace
 
 from fastapi.testclient import TestClient
@@ -91,6 +92,21 @@ def test_unknown_ip_is_captive_and_told_to_reconnect(client_at: Clients) -> None
     client = client_at("10.99.9.9")
     assert client.get("/generate_204", headers={"Host": "g.example"}).status_code == 302
     page = client.get("/")
+    assert page.status_code == 409
+    assert "cannot see your device" in page.text
+
+
+def test_a_session_silent_past_its_stale_time_names_nobody(
+    client_at: Clients, connect: Connect
+) -> None:
+    """A NAS that rebooted never sends the Stop: once a session has heard no Start or
+    Interim-Update for `accounting_stale_after` (4 h), its IP no longer names its device, so a
+    newcomer handed that IP is not taken for the old device (issue 14, stale sessions)."""
+    connect(NEW_VISITOR, "10.99.0.8")
+    connect(NEW_VISITOR, "10.99.0.8", at=NOW - timedelta(hours=3, minutes=59))
+    assert "I am a visitor" in client_at("10.99.0.8").get("/").text
+    connect(NEW_VISITOR, "10.99.0.8", at=NOW - timedelta(hours=4, minutes=1))
+    page = client_at("10.99.0.8").get("/")
     assert page.status_code == 409
     assert "cannot see your device" in page.text
 
