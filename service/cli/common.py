@@ -238,7 +238,10 @@ def print_rows(
         console.print(table)
     hidden = [c.replace("_", " ") for c in columns if c not in shown]
     if hidden:
-        console.print(f"(not shown: {', '.join(hidden)}; --wide shows them)", highlight=False)
+        note = f"(not shown: {', '.join(hidden)}; --wide shows them)"
+        if cell_len(note) > console.width:  # the hint on a line of its own, never split
+            note = f"(not shown: {', '.join(hidden)};\n --wide shows them)"
+        console.print(note, highlight=False)
 
 
 def _whole(values: Sequence[str]) -> bool:
