@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,8 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.db import transaction
 from service.demo import DEMO_VISITOR_CODE
 from service.models import AccountingSession
-from tests.conftest import SCHOOLGATE
-from tests.helpers import free_tcp_port, wait_for_tcp
+from tests.helpers import portal_server
 
 CHROMIUM = "/usr/bin/chromium"
 VISITOR = "3c:22:fb:00:14:01"
@@ -67,24 +65,10 @@ def portal_url(
                 updated_at=now,
             )
         )
-    port = free_tcp_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCHOOLGATE_")}
-    env |= {"SCHOOLGATE_DATABASE_URL": westgate.db_url, "SCHOOLGATE_SECRET_KEY": "b" * 48}
-    log = (tmp_path / "portal.log").open("w")
-    process = subprocess.Popen(
-        [*SCHOOLGATE, "portal", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=tmp_path,
-    )
-    try:
-        wait_for_tcp(port, timeout=60)
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
-        log.close()
+    with portal_server(
+        westgate.db_url, tmp_path, {"SCHOOLGATE_SECRET_KEY": "b" * 48}, clean=True
+    ) as url:
+        yield url
 
 
 def test_agreement_and_done_page_on_a_phone(portal_url: str) -> None:

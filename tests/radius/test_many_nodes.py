@@ -29,7 +29,7 @@ from service.tokens import create_token
 from tests.conftest import SCHOOLGATE, RunCli
 from tests.enforcement.fakenas import DISCONNECT_REQUEST, FakeNas, Received
 from tests.enforcement.sessions import open_session, point_nas
-from tests.helpers import free_tcp_port, wait_for_tcp
+from tests.helpers import portal_server
 from tests.radius.conftest import RadiusServer, mab_request, start_server, vlan_of
 
 pytestmark = [
@@ -77,27 +77,8 @@ def seconds_until(
 @pytest.fixture
 def portal(westgate: SimpleNamespace, tmp_path: Path) -> Iterator[str]:
     """`schoolgate portal serve` on a free port; its base URL."""
-    port = free_tcp_port()
-    env = {
-        **os.environ,
-        "SCHOOLGATE_DATABASE_URL": westgate.db_url,
-        "SCHOOLGATE_PORTAL_URL": f"http://127.0.0.1:{port}/",
-        "SCHOOLGATE_SECRET_KEY": "many-nodes-test-secret-0123456789abcdef",
-    }
-    with (tmp_path / "portal.log").open("w") as log:
-        process = subprocess.Popen(
-            [*SCHOOLGATE, "portal", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=tmp_path,
-        )
-    try:
-        wait_for_tcp(port, timeout=60)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
+    with portal_server(westgate.db_url, tmp_path) as url:
+        yield url.rstrip("/")
 
 
 def _token(factory: sessionmaker[Session]) -> dict[str, str]:
