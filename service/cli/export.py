@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from service import audit
-from service.cli.common import console, fail, get_state, parse_when, print_rows
+from service.cli.common import WideOption, console, fail, get_state, parse_when, print_rows
 from service.exports import ExportQuery, all_exporters, export_zones, localise, write_rows
 from service.mac import normalize_mac
 from service.monitor.zeek_json import ZEEK_EXPORTS
@@ -49,6 +49,7 @@ def export(
     utc: bool = typer.Option(
         False, "--utc", help="Write times in UTC (default: the site's time zone, with offset)."
     ),
+    wide: bool = WideOption,
 ) -> None:
     """Export a table for the IT lead, the DSL or the DPO. Times are ISO 8601 in the site's
     time zone with its offset (e.g. 2026-06-01T09:00:00+01:00), or UTC with --utc.
@@ -84,7 +85,15 @@ def export(
             if output is not None:
                 fail("--format table is for the terminal: use csv or jsonl with --output")
             rows = list(localise(exporter(session, query), zone_for))
-            print_rows(rows, list(rows[0]) if rows else [], False, empty=f"no {name} found")
+            columns = list(rows[0]) if rows else []
+            print_rows(
+                rows,
+                columns,
+                False,
+                empty=f"no {name} found",
+                wide=wide,
+                drop_order=table_drop_order(name, columns),
+            )
             return
         fmt = "jsonl" if fmt == "zeek-json" else fmt
         if output is None:
@@ -102,6 +111,28 @@ def export(
             tmp.unlink(missing_ok=True)
             raise
     console.print(f"wrote {count} {name} row(s) to {output}", highlight=False)
+
+
+# What a terminal table keeps longest, per export (the rest goes first, from the last column):
+# the answer to the question the export is for, then who it was.
+TABLE_KEEPS: dict[str, tuple[str, ...]] = {
+    "traffic": ("started_at", "client_ip", "resp_ip", "resp_port", "service", "server_name"),
+    "tls": ("started_at", "client_ip", "server_name", "version", "alpn", "device", "person"),
+    "http": ("started_at", "client_ip", "server_name", "service", "device", "person"),
+    "dns": ("queried_at", "client_ip", "query", "qtype_name", "rcode_name", "answers"),
+    "alerts": ("raised_at", "client_ip", "kind", "category", "evidence", "device", "person"),
+    "bindings": ("ip", "mac", "start", "end", "source", "device", "person"),
+    "names": ("mac", "name", "source", "last_seen"),
+}
+
+
+def table_drop_order(name: str, columns: list[str]) -> list[str] | None:
+    """The order `print_rows` leaves columns out in for this export, or None (from the last)."""
+    keeps = [c for c in TABLE_KEEPS.get(name, ()) if c in columns]
+    if not keeps:
+        return None
+    rest = [c for c in reversed(columns) if c not in keeps]
+    return rest + list(reversed(keeps))
 
 
 def _address(value: str | None) -> str | None:

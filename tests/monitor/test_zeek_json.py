@@ -142,3 +142,20 @@ def test_zeek_json_is_for_the_zeek_logs_only(westgate, run_cli) -> None:
         result.stderr.strip()
         == "error: --format zeek-json is for traffic, dns, tls, http, not visits"
     )
+
+
+def test_a_terminal_table_keeps_what_the_export_is_for(westgate, run_cli) -> None:
+    """At 80 columns `export tls --format table` keeps the server name (the column the export
+    exists for) and leaves out ports and counters, naming them; `--wide` shows every one."""
+    tls = shared("zeek/tls-conn-with-extensions.pcap")
+    run_cli("monitor", "run", "--read", str(tls), "--site", "westgate", "--quiet")
+    narrow = {"COLUMNS": "80"}
+    table = run_cli("export", "tls", "--format", "table", env=narrow).stdout
+    assert "server name" in table
+    assert "ssl.gstatic.com" in table
+    assert "orig port" not in table.split("(not shown:")[0]
+    assert "(not shown:" in table
+    assert "orig port" in table.split("(not shown:")[1]
+    wide = run_cli("export", "tls", "--format", "table", "--wide", env=narrow).stdout
+    assert "orig port" in wide
+    assert "(not shown:" not in wide
