@@ -72,29 +72,27 @@ def _openvpn(payload: bytes) -> bool:
     if opcode in _OVPN_CLIENT_RESET:
         if size == 14:  # no tls-auth: ack count 0, message packet id 0
             return payload[9:14] == _ZERO5
-        for hmac in _OVPN_HMAC:
-            at = 9 + hmac
-            if size < at + 8:
-                break
-            # tls-auth (HMAC first) or tls-crypt (hmac 0: packet id and time first):
-            # replay packet id 1 and a plausible time.
-            if payload[at : at + 4] == b"\x00\x00\x00\x01":
-                when = int.from_bytes(payload[at + 4 : at + 8], "big")
-                if _OVPN_TIME_MIN <= when <= _OVPN_TIME_MAX:
-                    return True
-        return False
+        return _ovpn_replay_header(payload, _OVPN_HMAC)
     if opcode == _OVPN_SERVER_RESET:
         # Plain: ack count 1, acked packet id 0, the client's session id, message packet id 0.
         if size == 26:
             return payload[9] == 1 and payload[10:14] == _ZERO4 and payload[22:26] == _ZERO4
-        for hmac in _OVPN_HMAC[1:]:
-            at = 9 + hmac
-            if size < at + 8:
-                break
-            if payload[at : at + 4] == b"\x00\x00\x00\x01":
-                when = int.from_bytes(payload[at + 4 : at + 8], "big")
-                if _OVPN_TIME_MIN <= when <= _OVPN_TIME_MAX:
-                    return True
+        return _ovpn_replay_header(payload, _OVPN_HMAC[1:])
+    return False
+
+
+def _ovpn_replay_header(payload: bytes, hmac_sizes: tuple[int, ...]) -> bool:
+    """After the session id, with tls-auth (an HMAC of one of `hmac_sizes` first) or tls-crypt
+    (hmac size 0: packet id and time first): replay packet id 1 and a plausible time."""
+    size = len(payload)
+    for hmac in hmac_sizes:
+        at = 9 + hmac
+        if size < at + 8:
+            break
+        if payload[at : at + 4] == b"\x00\x00\x00\x01":
+            when = int.from_bytes(payload[at + 4 : at + 8], "big")
+            if _OVPN_TIME_MIN <= when <= _OVPN_TIME_MAX:
+                return True
     return False
 
 
