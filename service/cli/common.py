@@ -195,6 +195,9 @@ def print_json(data: Any) -> None:
 WideOption = typer.Option(False, "--wide", help="Show every column, however wide.")
 WHOLE_TOKEN = 40  # a cell without spaces up to this long (a MAC, a time, an email) stays whole
 WRAPPED_MIN = 12  # a column of text with spaces may wrap down to this, or its longest word
+# ... but a word longer than this in such a column (a tunnel's query name in an alert's
+# evidence) is folded rather than costing the table the whole column.
+FOLDED_WORD = 20
 
 
 def print_rows(
@@ -251,13 +254,14 @@ def _whole(values: Sequence[str]) -> bool:
 
 def _least_width(column: str, values: Sequence[str]) -> int:
     """How narrow a column can be: its widest cell and header if it is kept whole, else its
-    longest word (or WRAPPED_MIN), and at least its header's longest word."""
+    longest word (or WRAPPED_MIN; a word past FOLDED_WORD is folded), and at least its
+    header's longest word."""
     widest = max(cell_len(v) for v in values)
     if _whole(values):
         return max(cell_len(column), widest)
     header = max(cell_len(word) for word in column.split("_"))
     longest_word = max((cell_len(w) for v in values for w in v.split()), default=0)
-    return max(header, min(widest, max(longest_word, WRAPPED_MIN)))
+    return max(header, min(widest, max(min(longest_word, FOLDED_WORD), WRAPPED_MIN)))
 
 
 def parse_when(value: str | None, tz_name: str = "Europe/London") -> datetime | None:

@@ -120,7 +120,7 @@ TABLE_KEEPS: dict[str, tuple[str, ...]] = {
     "tls": ("started_at", "client_ip", "server_name", "version", "alpn", "device", "person"),
     "http": ("started_at", "client_ip", "server_name", "service", "device", "person"),
     "dns": ("queried_at", "client_ip", "query", "qtype_name", "rcode_name", "answers"),
-    "alerts": ("raised_at", "client_ip", "kind", "category", "evidence", "device", "person"),
+    "alerts": ("raised_at", "client_ip", "kind", "evidence", "category", "device", "person"),
     "bindings": ("ip", "mac", "start", "end", "source", "device", "person"),
     "names": ("mac", "name", "source", "last_seen"),
 }

@@ -159,3 +159,16 @@ def test_a_terminal_table_keeps_what_the_export_is_for(westgate, run_cli) -> Non
     wide = run_cli("export", "tls", "--format", "table", "--wide", env=narrow).stdout
     assert "orig port" in wide
     assert "(not shown:" not in wide
+
+
+def test_an_alert_table_keeps_its_evidence_at_80_columns(westgate, run_cli) -> None:
+    """The evidence is what an alert is for: at 80 columns a long token in it (a tunnel's
+    query name) is folded over lines rather than the column left out."""
+    iodine = shared("ndpi/dns-tunnel-iodine.pcap")
+    run_cli("monitor", "run", "--read", str(iodine), "--site", "westgate", "--quiet")
+    table = run_cli("export", "alerts", "--format", "table", env={"COLUMNS": "80"}).stdout
+    shown = table.split("(not shown:")[0]
+    assert "evidence" in shown
+    assert "DNS tunnel under" in shown
+    assert "pirate.sea" in shown
+    assert max(len(line) for line in table.splitlines()) <= 80
