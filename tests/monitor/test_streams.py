@@ -70,8 +70,9 @@ EXPECTED = [(n, f"q{n}.example", [f"192.0.2.{n}"]) for n in (1, 2, 3)]
 def test_a_retransmitted_segment_is_read_once(tmp_path, run_file) -> None:
     pieces = _cut(QUERIES, 20, len(_message(1, "q1.example")) + 1)  # the 2nd cut mid-prefix
     client = [pieces[0], pieces[1], pieces[1], pieces[0], pieces[2]]  # two retransmissions
-    answers = _cut(ANSWERS, 40)
-    replies = [answers[0], answers[1], answers[1]]
+    # The server's first answer, a whole message in its segment, sent twice: one row.
+    answers = _cut(ANSWERS, len(_message(1, "q1.example", "192.0.2.1")))
+    replies = [answers[0], answers[0], answers[1], answers[1]]
     recorded = run_file(
         t.write(tmp_path / "retx.pcap", _connection(t.DNS_SERVER, 53, client, replies))
     )
@@ -104,7 +105,7 @@ def test_sequence_numbers_wrapping_around_zero(tmp_path, run_file) -> None:
         t.DNS_SERVER,
         53,
         [q[0], q[2], q[1]],
-        [a[0], a[1], a[2]],
+        [a[0], a[2], a[1]],
         client_isn=0xFFFFFFFF - 40,
         server_isn=0xFFFFFFFF - 45,
     )
@@ -116,7 +117,7 @@ def test_a_capture_that_starts_mid_connection(tmp_path, run_file) -> None:
     # No handshake: the stream starts at the first segment seen (a message boundary here).
     q = _cut(QUERIES, 25)
     a = _cut(ANSWERS, 7)
-    pkts = _connection(t.DNS_SERVER, 53, [q[0], q[1], q[0]], a, syn=False)
+    pkts = _connection(t.DNS_SERVER, 53, [q[0], q[1], q[0]], [a[0], a[1], a[0]], syn=False)
     recorded = run_file(t.write(tmp_path / "mid.pcap", pkts))
     assert _dns_rows(recorded) == EXPECTED
 
