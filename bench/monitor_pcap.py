@@ -33,12 +33,15 @@ What each side extracts:
 - the monitor: per packet the time, outer VLAN id, IPv4/IPv6 addresses, protocol, ports, TCP
   flags and IP length (flow counters); DNS id, query, type, rcode, A/AAAA/CNAME/PTR/NS/TXT/SRV
   answers and TTLs; TLS SNI and HTTP Host from a flow's first payload packets (up to 4 each
-  way, no TCP reassembly); DHCP type, xid, client MAC, client/assigned/requested address,
-  hostname, lease time, server id; ARP opcode, sender MAC and IPs; BitTorrent handshake and
-  tracker info_hash, DHT and uTP markers. Plus the database writes tshark does not do.
+  way), TCP put in sequence order only for the flows read beyond one segment (DNS over TCP,
+  the requests of an HTTP connection, a ClientHello longer than a segment: stream.py); DHCP
+  type, xid, client MAC, client/assigned/requested address, hostname, lease time, server id;
+  ARP opcode, sender MAC and IPs; BitTorrent handshake and tracker info_hash, DHT and uTP
+  markers. Plus the database writes tshark does not do.
 - tshark: TSHARK_FIELDS, the same fields by their Wireshark names, with TCP stream reassembly
-  and TCP sequence analysis switched off (TSHARK_PREFS): the monitor does neither, and with
-  them on tshark only does more work the monitor does not (about 5-10% of its time here).
+  and TCP sequence analysis switched off (TSHARK_PREFS): the monitor does neither for bulk
+  TCP, and with them on tshark only does more work the monitor does not (about 5-10% of its
+  time here).
   Every packet is still fully dissected: tshark cannot be told to stop after a flow's first
   payload packets, and with -T fields the number of fields matters little (the 19 fields this
   bench used to ask for and these 47 differ by about 10%; the dissection is the cost).

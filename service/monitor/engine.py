@@ -17,6 +17,7 @@ from service.monitor.attribution import Attributor
 from service.monitor.categories import CategoryList
 from service.monitor.recorder import Recorder, RecorderCalls
 from service.monitor.records import Counters, Due, Sink
+from service.monitor.stream import Stream, seq_diff
 
 _PAYLOAD_PACKETS = 4  # how many payload packets per direction are searched for names/P2P
 _TCP_IDLE = 300.0
@@ -24,7 +25,14 @@ _UDP_IDLE = 60.0
 _DNS_PORTS = frozenset({53, 137, 5353, 5355})
 _LOCAL_NAME_PORTS = frozenset({137, 5353, 5355})  # where devices announce their own names
 _DNS_TCP_LIMIT = 65536  # bytes of an unfinished DNS-over-TCP message waited for, per direction
-_ALWAYS = 1 << 62  # Flow.o_scan/r_scan of a DNS-over-TCP flow: every payload is parsed
+_ALWAYS = 1 << 62  # Flow.o_scan/r_scan of a direction read as a stream: every payload is parsed
+_HEAD_LIMIT = 8192  # bytes of an HTTP request header or TLS ClientHello waited for
+_BODY_LIMIT = 65536  # an HTTP request body longer than this ends the reading of the connection
+_MORE_HOSTS = 16  # other hosts recorded per HTTP connection (a proxy's keepalive connection)
+# What a Stream is read as (Stream.kind).
+_S_DNS = 1
+_S_HTTP = 2
+_S_TLS = 3
 _DHCP_PORTS = frozenset({67, 68})
 _SERVICE_BY_PORT = {
     53: "dns",
@@ -51,6 +59,8 @@ _UDP = parser.PROTO_UDP
 _ETHERNET = parser.LINK_ETHERNET
 _KEY_AT = parser.ETH_IPV4_KEY
 _KEY_END = parser.ETH_IPV4_KEY + 12
+_SEQ = parser.TCP_SEQ.unpack_from
+_SEQ_AT = parser.ETH_IPV4_SEQ
 
 
 def _pair(a: bytes, b: bytes) -> bytes:
@@ -61,12 +71,11 @@ def _pair(a: bytes, b: bytes) -> bytes:
 class Flow:
     __slots__ = (
         "alpn",
-        "dns_stream",
         "done",
         "end_reason",
         "first",
-        "http_head",
         "info_hash",
+        "isn",
         "key",
         "kind",
         "last",
@@ -75,6 +84,7 @@ class Flow:
         "o_bytes",
         "o_pkts",
         "o_scan",
+        "o_stream",
         "orig",
         "orig_port",
         "p2p",
@@ -83,6 +93,7 @@ class Flow:
         "r_bytes",
         "r_pkts",
         "r_scan",
+        "r_stream",
         "resp",
         "resp_port",
         "rkey",
@@ -133,10 +144,12 @@ class Flow:
         self.seq = 0
         self.table: dict[bytes, tuple[Flow, bool]] | None = None
         self.key = self.rkey = b""
-        # DNS over TCP: each direction's bytes of a message not yet complete (_dns_tcp).
-        self.dns_stream: list[bytes] | None = None
-        # An HTTP request header still waiting for its Host line (_http_request).
-        self.http_head: bytes | None = None
+        # Each direction's payload in sequence order, for the flows read beyond one segment
+        # (DNS over TCP, HTTP requests, a long TLS ClientHello): see stream.py.
+        self.o_stream: Stream | None = None
+        self.r_stream: Stream | None = None
+        # The first payload byte's sequence number each way, from the SYN and SYN-ACK.
+        self.isn: list[int | None] | None = None
 
 
 class Monitor:
@@ -254,23 +267,30 @@ class Monitor:
                     if forward:
                         flow.o_pkts += 1
                         flow.o_bytes += total
-                        if flags & 0x05:  # FIN or RST
-                            self._tcp_end(flow, flags, True)
+                        if flags & 0x07:  # FIN, SYN or RST
+                            self._tcp_flags(flow, flags, True, _SEQ(buf, start + _SEQ_AT)[0])
                         if total > hlen + 20 and flow.o_scan:
                             self._tcp_payload(
-                                flow, buf[start + 34 + hlen : start + 14 + total], True
+                                flow,
+                                buf[start + 34 + hlen : start + 14 + total],
+                                True,
+                                _SEQ(buf, start + _SEQ_AT)[0],
                             )
                     else:
                         flow.r_pkts += 1
                         flow.r_bytes += total
-                        if flags & 0x05:
-                            self._tcp_end(flow, flags, False)
+                        if flags & 0x07:
+                            self._tcp_flags(flow, flags, False, _SEQ(buf, start + _SEQ_AT)[0])
                         if total > hlen + 20 and flow.r_scan:
                             self._tcp_payload(
-                                flow, buf[start + 34 + hlen : start + 14 + total], False
+                                flow,
+                                buf[start + 34 + hlen : start + 14 + total],
+                                False,
+                                _SEQ(buf, start + _SEQ_AT)[0],
                             )
                     return
             payload = buf[start + 34 + hlen : start + 14 + total]
+            seq = _SEQ(buf, start + _SEQ_AT)[0]
         else:
             entry = self._udp.get(key)
             if entry is not None:
@@ -304,7 +324,7 @@ class Monitor:
                         self._udp_payload(flow, buf[start + 42 : start + 14 + total], forward)
                 return
             payload = buf[start + 42 : start + 14 + total]
-            flags = 0
+            flags = seq = 0
         src, dst = key[0:4], key[4:8]
         self._flow_packet(
             ts,
@@ -319,6 +339,7 @@ class Monitor:
             total,
             payload,
             buf[start + 6 : start + 12],
+            seq,
         )
 
     def _parsed(self, ts: float, frame: bytes, linktype: int) -> None:
@@ -347,13 +368,13 @@ class Monitor:
         if pkt is None:
             counters.not_ip += 1
             return
-        proto, src, dst, sport, dport, payload, ip_len, flags, src_mac, vlan = pkt
+        proto, src, dst, sport, dport, payload, ip_len, flags, src_mac, vlan, seq = pkt
         if proto == parser.ARP:
             self._arp(ts, src, src_mac, sport)
             return
         key = parser.flow_key(src, dst, sport, dport)
         self._flow_packet(
-            ts, proto, key, src, sport, dst, dport, flags, vlan, ip_len, payload, src_mac
+            ts, proto, key, src, sport, dst, dport, flags, vlan, ip_len, payload, src_mac, seq
         )
 
     def _flow_packet(
@@ -370,6 +391,7 @@ class Monitor:
         ip_len: int,
         payload: bytes,
         src_mac: bytes = b"",
+        seq: int = 0,
     ) -> None:
         """One IP packet of a flow, every case (the fast path in `_ether` is the common
         subset of this, kept in step with it)."""
@@ -400,10 +422,10 @@ class Monitor:
             flow.r_pkts += 1
             flow.r_bytes += ip_len
         if proto == parser.PROTO_TCP:
-            if flags & 0x05:  # FIN or RST
-                self._tcp_end(flow, flags, forward)
+            if flags & 0x07:  # FIN, SYN or RST
+                self._tcp_flags(flow, flags, forward, seq)
             if payload and (flow.o_scan if forward else flow.r_scan):
-                self._tcp_payload(flow, payload, forward)
+                self._tcp_payload(flow, payload, forward, seq)
         elif proto == parser.PROTO_UDP and payload:
             if flow.kind == _DNS:
                 self._dns(ts, src, sport, dst, dport, payload, src_mac)
@@ -462,6 +484,17 @@ class Monitor:
         the flow may now go idle sooner, so file it under the earlier time too."""
         self._flows_due.add(flow, ts + (5.0 if flow.done else flow.timeout))
 
+    def _tcp_flags(self, flow: Flow, flags: int, forward: bool, seq: int) -> None:
+        """A SYN notes where that direction's bytes start (a stream read later starts there,
+        so even its first segment may arrive out of order); FIN and RST may end the flow."""
+        if flags & 0x02:
+            isn = flow.isn
+            if isn is None:
+                isn = flow.isn = [None, None]
+            isn[0 if forward else 1] = (seq + 1) & 0xFFFFFFFF
+        if flags & 0x05:
+            self._tcp_end(flow, flags, forward)
+
     def _tcp_end(self, flow: Flow, flags: int, forward: bool) -> None:
         if flags & 0x04:
             flow.end_reason = "rst"
@@ -473,68 +506,170 @@ class Monitor:
         self._close(flow)
         self._flows_due.add(flow, flow.last + 5.0)  # kept 5 s for the last ACKs
 
-    def _tcp_payload(self, flow: Flow, payload: bytes, forward: bool) -> None:
+    def _stream(self, flow: Flow, kind: int, forward: bool, seq: int | None) -> Stream:
+        """Start reading one direction of `flow` as a stream (stream.py), from its SYN's
+        sequence number when one was seen, else from its first segment's (`seq`: this
+        segment's, or None for the other direction)."""
+        isn = flow.isn[0 if forward else 1] if flow.isn is not None else None
+        if isn is not None and seq is not None and not -65536 < seq_diff(seq, isn) < 65536:
+            isn = None  # a SYN of another connection on the same ports: start here
+        stream = Stream(kind, isn)
+        if forward:
+            flow.o_stream = stream
+            flow.o_scan = _ALWAYS
+        else:
+            flow.r_stream = stream
+            flow.r_scan = _ALWAYS
+        return stream
+
+    def _stop(self, flow: Flow, forward: bool, given_up: bool = False) -> None:
+        """Stop reading one direction's stream; `given_up` counts it (too much out of order,
+        or a header or message past its limit)."""
+        if forward:
+            flow.o_stream = None
+            flow.o_scan = 0
+        else:
+            flow.r_stream = None
+            flow.r_scan = 0
+        if given_up:
+            self.counters.tcp_streams_given_up += 1
+
+    def _tcp_payload(self, flow: Flow, payload: bytes, forward: bool, seq: int) -> None:
         if forward:
             flow.o_scan -= 1
         else:
             flow.r_scan -= 1
-        if flow.dns_stream is not None:
-            self._dns_tcp(flow, payload, forward)
-            return
-        if (flow.resp_port == 53 or flow.orig_port == 53) and flow.p2p is None:
-            # DNS over TCP (port 53 only: 853 is TLS, 5353 is multicast over UDP): every
-            # message of the connection is parsed, keepalive connections carry many.
-            flow.dns_stream = [b"", b""]
-            flow.o_scan = flow.r_scan = _ALWAYS
-            flow.service = "dns"
-            self._dns_tcp(flow, payload, forward)
-            return
-        if forward and flow.http_head is not None:
-            self._http_request(flow, flow.http_head + payload)
-            return
-        if flow.p2p is None or flow.p2p.startswith("peer:"):
-            found = extract.bittorrent_tcp(payload)
-            if found is not None:
-                self._mark_p2p(flow, "bittorrent-" + found[0], found[1])
-                return
-        if forward and flow.name_source is None:
-            first = payload[0]
-            if first == 0x16:
-                hello = extract.tls_client_hello(payload)
-                if hello is not None and hello.server_name:
-                    flow.name, flow.name_source, flow.service = hello.server_name, "sni", "tls"
-                    flow.version, flow.alpn = hello.tls_version, hello.alpn
-                    flow.o_scan = 0
-            elif 0x41 <= first <= 0x5A:
-                self._http_request(flow, payload)
-            elif first == 0 and bypass.tcp_label(payload) is not None:
-                flow.service = "openvpn"  # over TCP (bypass.py); the recorder alerts
-                flow.o_scan = flow.r_scan = 0
-
-    def _http_request(self, flow: Flow, data: bytes) -> None:
-        """An HTTP request header (or its start, joined to what came before): the Host, or for
-        CONNECT the proxied host with service "http-connect". A header cut before its Host line
-        is kept (up to extract's limit) for the next few segments."""
-        flow.http_head = None
-        request = extract.http_request(data)
-        if request is None:
-            return
-        if request.host:
-            flow.name, flow.name_source = request.host, "http"
-            flow.service = "http-connect" if request.method == "CONNECT" else "http"
-        elif not request.complete:
-            flow.http_head = data  # read with the next segments, while o_scan lasts
-
-    def _dns_tcp(self, flow: Flow, payload: bytes, forward: bool) -> None:
-        """DNS over TCP (RFC 7766): each message is preceded by its 2-byte length; one segment
-        may carry several and a message may span segments. Both directions' unfinished bytes
-        wait on the flow, up to _DNS_TCP_LIMIT; past that (not DNS, or lost segments) the
-        flow's payload is no longer read."""
-        stream = flow.dns_stream
+        stream = flow.o_stream if forward else flow.r_stream
         if stream is None:
+            if (flow.resp_port == 53 or flow.orig_port == 53) and flow.p2p is None:
+                # DNS over TCP (port 53 only: 853 is TLS, 5353 is multicast over UDP): every
+                # message of the connection is parsed, keepalive connections carry many.
+                flow.service = "dns"
+                self._stream(flow, _S_DNS, not forward, None)
+                stream = self._stream(flow, _S_DNS, forward, seq)
+            else:
+                if flow.p2p is None or flow.p2p.startswith("peer:"):
+                    found = extract.bittorrent_tcp(payload)
+                    if found is not None:
+                        self._mark_p2p(flow, "bittorrent-" + found[0], found[1])
+                        return
+                if not forward or flow.name_source is not None:
+                    return
+                first = payload[0]
+                if first == 0x16:
+                    hello = extract.tls_client_hello(payload)
+                    if hello is not None and hello.server_name:
+                        self._hello(flow, hello)
+                        return
+                    if (
+                        hello is None
+                        or len(payload) >= 5 + ((payload[3] << 8) | payload[4])
+                        or flow.o_scan != _PAYLOAD_PACKETS - 1
+                    ):
+                        return  # a whole ClientHello without a name, or not its start
+                    stream = self._stream(flow, _S_TLS, True, seq)  # cut short: read on
+                elif 0x41 <= first <= 0x5A:
+                    if extract.http_request(payload) is None:
+                        return
+                    stream = self._stream(flow, _S_HTTP, True, seq)
+                elif first == 0 and bypass.tcp_label(payload) is not None:
+                    flow.service = "openvpn"  # over TCP (bypass.py); the recorder alerts
+                    flow.o_scan = flow.r_scan = 0
+                    return
+                else:
+                    return
+        data = stream.add(seq, payload)
+        if data is None:
+            self._stop(flow, forward, True)
+        elif data:
+            kind = stream.kind
+            if kind == _S_DNS:
+                self._dns_tcp(flow, stream, data, forward)
+            elif kind == _S_HTTP:
+                self._http_stream(flow, stream, data)
+            else:
+                self._tls_stream(flow, stream, data)
+
+    def _hello(self, flow: Flow, hello: extract.ClientHello) -> None:
+        flow.name, flow.name_source, flow.service = hello.server_name, "sni", "tls"
+        flow.version, flow.alpn = hello.tls_version, hello.alpn
+        flow.o_scan = 0
+
+    def _tls_stream(self, flow: Flow, stream: Stream, data: bytes) -> None:
+        """A ClientHello longer than its first segment (post-quantum key shares make them
+        2 KB and more): read once whole, or once _HEAD_LIMIT bytes of it are in."""
+        data = stream.pending + data
+        size = 5 + ((data[3] << 8) | data[4])
+        if len(data) < size and len(data) < _HEAD_LIMIT:
+            stream.pending = data
             return
-        side = 0 if forward else 1
-        data = stream[side] + payload if stream[side] else payload
+        hello = extract.tls_client_hello(data[:size])
+        self._stop(flow, True)
+        if hello is not None and hello.server_name:
+            self._hello(flow, hello)
+
+    def _http_stream(self, flow: Flow, stream: Stream, data: bytes) -> None:
+        """The requests of an HTTP/1 connection, keepalive and pipelined, each header in as
+        many segments as it takes (up to _HEAD_LIMIT). The flow is named by the first request
+        with a Host; a later request naming another host (a proxy's connection) is handed to
+        the recorder as a visit of its own (`http_host`). Bodies are skipped by their
+        Content-Length; a chunked or long body, a CONNECT (a tunnel follows) or bytes that
+        are not a request end the reading."""
+        if stream.pending:
+            data = stream.pending + data
+            stream.pending = b""
+        while data:
+            if stream.skip:
+                if stream.skip >= len(data):
+                    stream.skip -= len(data)
+                    return
+                data = data[stream.skip :]
+                stream.skip = 0
+            request = extract.http_request(data)
+            if request is None:
+                self._stop(flow, True)
+                return
+            end = extract.http_header_end(data)
+            if request.host:
+                self._http_host(flow, stream, request)
+            if end < 0:
+                if len(data) >= _HEAD_LIMIT:
+                    self._stop(flow, True, True)
+                else:
+                    stream.pending = data
+                return
+            body = extract.http_body_length(data[:end])
+            if request.method == "CONNECT" or body is None or body > _BODY_LIMIT:
+                self._stop(flow, True)
+                return
+            stream.skip = body
+            data = data[end:]
+
+    def _http_host(self, flow: Flow, stream: Stream, request: extract.HttpRequest) -> None:
+        host = request.host
+        if host is None:
+            return
+        if flow.name_source is None:
+            flow.name, flow.name_source = host, "http"
+            flow.service = "http-connect" if request.method == "CONNECT" else "http"
+            return
+        if host == flow.name or flow.name_source != "http":
+            return
+        hosts = stream.hosts
+        if hosts is None:
+            hosts = stream.hosts = set()
+        if host in hosts or len(hosts) >= _MORE_HOSTS:
+            return
+        hosts.add(host)
+        self.recorder.http_host(flow.last, flow.orig, host)
+
+    def _dns_tcp(self, flow: Flow, stream: Stream, data: bytes, forward: bool) -> None:
+        """DNS over TCP (RFC 7766): each message is preceded by its 2-byte length; one segment
+        may carry several and a message may span segments. A direction's unfinished bytes
+        wait on its stream, up to _DNS_TCP_LIMIT; past that (not DNS, or lost segments) that
+        direction is no longer read."""
+        if stream.pending:
+            data = stream.pending + data
         if forward:
             src, sport, dst, dport = flow.orig, flow.orig_port, flow.resp, flow.resp_port
         else:
@@ -550,10 +685,9 @@ class Monitor:
         rest = data[at:]
         if len(rest) > _DNS_TCP_LIMIT:
             self.counters.dns_errors += 1
-            flow.dns_stream = None
-            flow.o_scan = flow.r_scan = 0
+            self._stop(flow, forward)
             return
-        stream[side] = rest
+        stream.pending = rest
 
     def _udp_payload(self, flow: Flow, payload: bytes, forward: bool) -> None:
         if forward:

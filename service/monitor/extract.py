@@ -488,6 +488,32 @@ def http_request(data: bytes) -> HttpRequest | None:
     return HttpRequest(method, None, ended)
 
 
+def http_header_end(data: bytes) -> int:
+    """Where the request header at the start of `data` ends (the index after its blank line,
+    CRLF or bare LF), or -1 if it has not ended within the bytes given."""
+    lf = data.find(b"\n\n")
+    crlf = data.find(b"\n\r\n")
+    if lf < 0:
+        return crlf + 3 if crlf >= 0 else -1
+    if crlf < 0 or lf < crlf:
+        return lf + 2
+    return crlf + 3
+
+
+def http_body_length(header: bytes) -> int | None:
+    """The body length a request header announces: Content-Length, 0 without one, None for a
+    body that cannot be framed without reading it (chunked, or a bad length)."""
+    lower = header.lower()
+    if b"\ntransfer-encoding:" in lower:
+        return None
+    at = lower.find(b"\ncontent-length:")
+    if at < 0:
+        return 0
+    stop = lower.find(b"\n", at + 16)
+    value = lower[at + 16 : stop if stop >= 0 else len(lower)].strip()
+    return int(value) if value.isdigit() else None
+
+
 def http_host(data: bytes) -> str | None:
     """The Host header (or CONNECT's proxied host) of an HTTP request starting at `data`."""
     request = http_request(data)

@@ -41,10 +41,11 @@ MAX_FRAME: Final = 65535 + 64  # anything larger is "oversized" and skipped
 _FRAG_LIMIT: Final = 2048  # at most this many reassemblies in flight
 _FRAG_TIMEOUT: Final = 30.0
 
-# A parsed packet: (proto, src_ip, dst_ip, sport, dport, payload, ip_len, tcp_flags, src_mac, vlan)
-# src_ip/dst_ip are the raw 4- or 16-byte addresses; src_mac the raw 6 bytes (b"" if no L2).
-# For ARP: (ARP, sender_ip, target_ip, opcode, 0, b"", 0, 0, sender_mac, vlan).
-Packet = tuple[int, bytes, bytes, int, int, bytes, int, int, bytes, int]
+# A parsed packet: (proto, src_ip, dst_ip, sport, dport, payload, ip_len, tcp_flags, src_mac, vlan,
+# tcp_seq) src_ip/dst_ip are the raw 4- or 16-byte addresses; src_mac the raw 6 bytes (b"" if no
+# L2); tcp_seq the TCP sequence number (0 for anything else).
+# For ARP: (ARP, sender_ip, target_ip, opcode, 0, b"", 0, 0, sender_mac, vlan, 0).
+Packet = tuple[int, bytes, bytes, int, int, bytes, int, int, bytes, int, int]
 
 # What frames are handed over in: a bytes block of the capture, or the mapped capture file
 # (capture._mapped); either way a slice of it is bytes.
@@ -60,6 +61,8 @@ FrameBuffer: TypeAlias = bytes | mmap.mmap
 ETH_IPV4: Final = struct.Struct(">12xHBxH2xHxB2x8xHH8xBB")
 ETH_IPV4_MIN: Final = ETH_IPV4.size  # 48
 ETH_IPV4_KEY: Final = 26  # offset of source address, destination address, ports
+ETH_IPV4_SEQ: Final = 38  # offset of the TCP sequence number (read with TCP_SEQ when needed)
+TCP_SEQ: Final = struct.Struct(">I")
 _PORTS: Final = struct.Struct(">HH").pack
 
 
@@ -268,6 +271,7 @@ def parse(frame: bytes, linktype: int, ts: float, frags: Reassembler) -> Packet 
             0,
             frame[off + 8 : off + 14],
             vlan,
+            0,
         )
     else:
         return None
@@ -289,6 +293,7 @@ def parse(frame: bytes, linktype: int, ts: float, frags: Reassembler) -> Packet 
             frame[l4 + 13],
             src_mac,
             vlan,
+            int.from_bytes(frame[l4 + 4 : l4 + 8], "big"),
         )
     if proto == PROTO_UDP:
         if end < l4 + 8:
@@ -304,6 +309,7 @@ def parse(frame: bytes, linktype: int, ts: float, frags: Reassembler) -> Packet 
             0,
             src_mac,
             vlan,
+            0,
         )
     # Other IP protocols (ICMP, GRE, ...) are counted as flows without ports.
-    return (proto, src, dst, 0, 0, b"", total, 0, src_mac, vlan)
+    return (proto, src, dst, 0, 0, b"", total, 0, src_mac, vlan, 0)

@@ -118,6 +118,8 @@ class RecorderCalls(Protocol):
         /,
     ) -> None: ...
 
+    def http_host(self, ts: float, client: bytes, host: str, /) -> None: ...
+
     def tick(self, now: float, /) -> None: ...
 
     def finish(self) -> None: ...
@@ -440,6 +442,15 @@ class Recorder:
         if name is not None and service != "dns":
             self._visit(first, last, name, name_source, client, who3, up, down)
 
+    def http_host(self, ts: float, client: bytes, host: str) -> None:
+        """A later request on one HTTP connection naming another host than the connection's
+        first (a forward proxy's keepalive connection): a visit of its own, as a flow named
+        `host` would make, with no bytes (the connection's bytes stay with its first host,
+        which names the flow)."""
+        orig = _TEXT.get(client) or _ip_text(client)
+        mac, _source, device_id, person_id = self.attributor.who(orig, ts)
+        self._visit(ts, ts, host, "http", orig, (mac, device_id, person_id), 0, 0)
+
     def _visit(
         self,
         first: float,
@@ -583,4 +594,4 @@ class Recorder:
 
 
 # The calls by number, as recording.Recording sends them (writer.record_and_write).
-CALLS = ("flow", "dns", "dhcp", "arp", "tick", "finish", "local_name")
+CALLS = ("flow", "dns", "dhcp", "arp", "tick", "finish", "local_name", "http_host")

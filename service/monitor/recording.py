@@ -23,6 +23,7 @@ from service.monitor.recorder import CALLS
 Event = tuple[int, tuple[Any, ...]]  # (index of the call in recorder.CALLS, its arguments)
 _FLOW, _DNS, _DHCP, _ARP, _TICK, _FINISH = range(6)
 _LOCAL_NAME = CALLS.index("local_name")
+_HTTP_HOST = CALLS.index("http_host")
 
 
 class Recording:
@@ -66,6 +67,9 @@ class Recording:
 
     def local_name(self, *args: Any) -> None:
         self._put((_LOCAL_NAME, args))
+
+    def http_host(self, *args: Any) -> None:
+        self._put((_HTTP_HOST, args))
 
     def tick(self, *args: Any) -> None:
         self._put((_TICK, args))

@@ -159,6 +159,9 @@ class Counters:
     alerts: int = 0
     kernel_drops: int = 0
     quic_undecryptable: int = 0  # QUIC Initial packets that did not decrypt (skipped)
+    # TCP directions no longer read (stream.py): too much out of order, or a header past its
+    # limit. The flow is still recorded; only names in its later payload may be missed.
+    tcp_streams_given_up: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, int]:

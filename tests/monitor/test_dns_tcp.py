@@ -34,17 +34,32 @@ def _message(txid: int, name: str, answer: str | None = None, qtype: int | str =
     return len(raw).to_bytes(2, "big") + raw
 
 
+def _sequenced(start: int, segments: list[bytes]) -> list[tuple[int, bytes]]:
+    """Each segment with its TCP sequence number, the bytes following each other."""
+    out = []
+    for segment in segments:
+        out.append((start, segment))
+        start += len(segment)
+    return out
+
+
 def _tcp_stream(client_segments: list[bytes], server_segments: list[bytes]) -> list:
     """One TCP connection to port 53: handshake, the client's segments, the server's, FINs."""
     c = Ether(src=t.LAPTOP_MAC, dst=t.ROUTER_MAC) / IP(src=t.LAPTOP_IP, dst=t.DNS_SERVER)
     s = Ether(src=t.ROUTER_MAC, dst=t.LAPTOP_MAC) / IP(src=t.DNS_SERVER, dst=t.LAPTOP_IP)
     pkts = [
-        c / TCP(sport=CLIENT_PORT, dport=53, flags="S"),
-        s / TCP(sport=53, dport=CLIENT_PORT, flags="SA"),
-        c / TCP(sport=CLIENT_PORT, dport=53, flags="A"),
+        c / TCP(sport=CLIENT_PORT, dport=53, flags="S", seq=1000),
+        s / TCP(sport=53, dport=CLIENT_PORT, flags="SA", seq=5000),
+        c / TCP(sport=CLIENT_PORT, dport=53, flags="A", seq=1001),
     ]
-    pkts += [c / TCP(sport=CLIENT_PORT, dport=53, flags="PA") / Raw(x) for x in client_segments]
-    pkts += [s / TCP(sport=53, dport=CLIENT_PORT, flags="PA") / Raw(x) for x in server_segments]
+    pkts += [
+        c / TCP(sport=CLIENT_PORT, dport=53, flags="PA", seq=seq) / Raw(x)
+        for seq, x in _sequenced(1001, client_segments)
+    ]
+    pkts += [
+        s / TCP(sport=53, dport=CLIENT_PORT, flags="PA", seq=seq) / Raw(x)
+        for seq, x in _sequenced(5001, server_segments)
+    ]
     pkts += [
         c / TCP(sport=CLIENT_PORT, dport=53, flags="FA"),
         s / TCP(sport=53, dport=CLIENT_PORT, flags="FA"),

@@ -4,6 +4,7 @@ split across segments."""
 from __future__ import annotations
 
 import pytest
+from scapy.layers.inet import TCP
 
 from service.monitor import extract
 from tests.monitor import traffic as t
@@ -18,9 +19,12 @@ def _session(tmp_path, run_file, segments: list[bytes], port: int = 80):
     # tcp_session carries one request; the rest of the segments follow it, client to server.
     request_at = 3
     extra = []
+    seq = pkts[request_at][TCP].seq + len(segments[0])
     for index, segment in enumerate(segments[1:], start=1):
         pkt = pkts[request_at].copy()
         pkt.payload.payload.payload.load = segment
+        pkt[TCP].seq = seq
+        seq += len(segment)
         pkt.time = pkts[request_at].time + index * 0.001
         extra.append(pkt)
     pkts[request_at + 1 : request_at + 1] = extra
