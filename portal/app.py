@@ -33,7 +33,7 @@ from service.config import Settings
 from service.db import SessionFactory, make_engine, make_session_factory
 from service.enforcement import CoaSender, NullCoaSender
 from service.secrets_store import SECRET_KEY_FILE
-from service.throttle import Throttle
+from service.throttle import DatabaseFailures, Throttle
 
 
 def create_app(
@@ -55,12 +55,12 @@ def create_app(
     portal_url = (
         settings.portal_url if settings.portal_url.endswith("/") else settings.portal_url + "/"
     )
+    session_factory = session_factory or make_session_factory(
+        make_engine(settings.database_url), audit_chain=audit.chain_for(settings)
+    )
     portal = Portal(
         settings=settings,
-        session_factory=session_factory
-        or make_session_factory(
-            make_engine(settings.database_url), audit_chain=audit.chain_for(settings)
-        ),
+        session_factory=session_factory,
         clock=clock or (lambda: datetime.now(UTC)),
         signer=signer,
         limiter=RateLimiter(settings.portal_rate_limit_per_minute),
@@ -68,6 +68,8 @@ def create_app(
             free=settings.portal_login_max_failures,
             source_max_seconds=settings.signin_backoff_source_max_seconds,
             account_max_seconds=settings.signin_backoff_account_max_seconds,
+            # Shared by every portal node (issue 13): the counts are in the database.
+            store=DatabaseFailures(session_factory),
         ),
         # Staff may also sign in with the school's OIDC provider when one is configured.
         oidc=oidc or OidcSignIn.from_settings(settings, signer, portal_url + "staff/oidc/callback"),

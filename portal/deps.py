@@ -51,7 +51,7 @@ class Portal:
     clock: Callable[[], datetime]
     signer: Signer
     limiter: RateLimiter
-    throttle: Throttle  # staff sign-in: backoff per source and per account (in memory)
+    throttle: Throttle  # sign-in backoff per source and per account (in the database)
     oidc: OidcSignIn | None
     coa_sender: CoaSender
     templates: Jinja2Templates

@@ -1,4 +1,9 @@
-"""A fixed-window request limit per client IP, kept in memory (one per portal process)."""
+"""A fixed-window request limit per client IP, kept in memory (one per portal process).
+
+Per node on purpose (issue 13): it runs before every request, the captive probes phones send
+constantly included, and must not cost a database write each. It guards this process's CPU;
+guessing passwords and visitor codes is slowed by the shared sign-in throttle
+(`service/throttle.py`, in the database)."""
 
 from __future__ import annotations
 

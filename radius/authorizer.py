@@ -232,14 +232,27 @@ class Authorizer(PacketHandler):
 
     def check_pap(self, job: PapJob) -> bool:
         """The slow part of PAP (argon2), for a worker thread: the same work for an unknown
-        or inactive account as for a wrong password."""
-        return self.pap.verify(job.credential, job.password)
+        or inactive account as for a wrong password. First the shared throttle (the database,
+        failures through every node): while it says wait, no argon2 (`job.throttled`)."""
+        shared = self.pap.shared
+        if shared is not None:
+            sources = (job.source,)
+            if shared.begin(sources=sources, account=job.username, now=_time()) > 0:
+                job.throttled = True
+                return False
+        verified = self.pap.verify(job.credential, job.password)
+        if verified and shared is not None:
+            shared.succeeded(sources=(job.source,), account=job.username)
+        return verified
 
     def finish_pap(self, job: PapJob, *, verified: bool) -> bytes | None:
         """Decide and answer a PAP request once its password check is done (on the loop)."""
         credential = job.credential
         ts = _time()
-        if not verified or credential is None:
+        if job.throttled:
+            self.counters.pap_shared_throttled += 1
+            answer = _PAP_THROTTLED
+        elif not verified or credential is None:
             answer = _PAP_FAILED  # the throttle counted it as a failure in `handle_auth`
         else:
             self.pap.throttle.succeeded(sources=(job.source,), account=job.username)

@@ -43,6 +43,8 @@ class Counters:
     spool_depth: int = 0
     spooled: int = 0
     replayed: int = 0
+    # PAP requests refused by the shared throttle (another node's failures) before argon2.
+    pap_shared_throttled: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     # Requests by (NAS name, RADIUS code), counted once the NAS is known; answers to
     # Access-Requests by (access level, latency bucket): decisions and the latency histogram
@@ -67,6 +69,7 @@ class Counters:
             "spool_depth": self.spool_depth,
             "spooled": self.spooled,
             "replayed": self.replayed,
+            "pap_shared_throttled": self.pap_shared_throttled,
             "dropped": dict(sorted(self.dropped.items())),
         }
 
@@ -78,5 +81,5 @@ class Counters:
             f"duplicates={self.duplicates} status_server={self.status_server} "
             f"decisions_logged={self.decisions_logged} decisions_lost={self.decisions_lost} "
             f"spool_depth={self.spool_depth} spooled={self.spooled} replayed={self.replayed} "
-            f"dropped: {dropped}"
+            f"pap_shared_throttled={self.pap_shared_throttled} dropped: {dropped}"
         )

@@ -8,7 +8,13 @@ password or a changed hash misses the cache). Failures are never cached.
 Repeated failures are throttled (`service/throttle.py`, the portal's throttle): per NAS +
 Calling-Station-Id and per account name, exponential backoff. A throttled request is rejected
 before any password check (argon2 or the success cache); an unknown or inactive account
-costs the same argon2 work as a wrong password. The throttle lives in each worker's memory.
+costs the same argon2 work as a wrong password.
+
+Two throttles, so the event loop never waits on the database: `throttle`, in the worker's
+memory, is asked on the loop; `shared` (the `signin_failures` table every node and the portal
+charge, issue 13) is asked in the argon2 thread, before argon2, so failures through another
+RADIUS node count here too. While the database cannot be reached the shared one counts in
+memory (`FallbackFailures`): PAP goes on answering from the snapshot.
 """
 
 from __future__ import annotations
@@ -43,12 +49,19 @@ class PapJob:
     started_ns: int
     dedup_key: tuple[Any, ...]
     source: str = ""  # the throttle's source key: NAS + Calling-Station-Id
+    throttled: bool = False  # refused by the shared throttle: no password was checked
 
 
 class PapVerifier:
-    def __init__(self, ttl: float = 300.0, throttle: Throttle | None = None) -> None:
+    def __init__(
+        self,
+        ttl: float = 300.0,
+        throttle: Throttle | None = None,
+        shared: Throttle | None = None,
+    ) -> None:
         self._ttl = ttl
-        self.throttle = throttle or Throttle()
+        self.throttle = throttle or Throttle()  # on the loop, in memory (monotonic clock)
+        self.shared = shared  # in the argon2 thread, in the database (wall clock)
         self._key = os.urandom(32)
         self._ok: dict[str, tuple[str, bytes, float]] = {}
         self._lock = threading.Lock()

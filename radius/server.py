@@ -34,12 +34,14 @@ from typing import Any
 from radius.authorizer import Authorizer, PapJob
 from radius.counters import Counters
 from radius.decision_log import DecisionLog
+from radius.pap import PapVerifier
 from radius.snapshot import HotState, SnapshotKeeper, load_state, stale_state
 from radius.spool import Spool, spool_path
 from radius.writer import AcctTicket, LogWriter
 from service.config import Settings
 from service.db import make_engine, make_session_factory
 from service.errors import Conflict
+from service.throttle import DatabaseFailures, FallbackFailures, MemoryFailures, Throttle
 
 log = logging.getLogger("schoolgate.radius")
 
@@ -282,6 +284,13 @@ class Worker:
                 writer=self.writer,
                 log_decision=self.decision_log.add,
                 duplicate_window=settings.radius_duplicate_window_seconds,
+                # PAP failures shared with every node and the portal (issue 13), asked in
+                # the argon2 threads; in memory while the database cannot be reached.
+                pap=PapVerifier(
+                    shared=Throttle(
+                        store=FallbackFailures(DatabaseFailures(self.factory), MemoryFailures())
+                    )
+                ),
             )
             self.keeper = SnapshotKeeper(
                 self.engine,

@@ -45,10 +45,10 @@ def _core(session: Session, settings: Settings, now: datetime) -> dict[str, int]
 
 def purgers() -> list[Purger]:
     found: list[Purger] = [_core]
-    from service import device_names, enforcement
+    from service import device_names, enforcement, throttle
     from service.monitor import exports as monitor
 
-    for module in (enforcement, monitor, device_names):
+    for module in (enforcement, monitor, device_names, throttle):
         extra = getattr(module, "purge", None)
         if callable(extra):
             found.append(extra)

@@ -134,6 +134,9 @@ def _visitor_sign(portal: Portal, request: Request, form: dict[str, str]) -> Res
     sponsor_email = form.get("sponsor_email", "").strip()
     now = portal.clock()
     errors: list[str] = []
+    # Visitor-code attempts to give back, once this transaction is over: the throttle writes
+    # in a transaction of its own, which on SQLite would wait on this one's write lock.
+    refunds: list[tuple[tuple[str, str], str]] = []
     try:
         with portal.db() as session:
             client = portal.who(session, request)
@@ -162,13 +165,18 @@ def _visitor_sign(portal: Portal, request: Request, form: dict[str, str]) -> Res
                     session=session, sponsorship_id=sponsor_request.sponsorship_id
                 )
             else:
-                _sign_visitor(portal, session, request, client, form, verify=verify, now=now)
+                _sign_visitor(
+                    portal, session, request, client, form, verify=verify, now=now, refunds=refunds
+                )
     except (Unidentified, Mismatch):
         return portal.unseen(request)
     except Invalid as exc:
         return _visitor_page(portal, request, form, errors or [str(exc)], 400)
     except PolicyError as exc:
         return _visitor_page(portal, request, form, [str(exc)], 403)
+    finally:
+        for sources, account in refunds:
+            portal.throttle.succeeded(sources=sources, account=account)
     if verify is VisitorVerify.SPONSOR:
         return _ask_sponsor(portal, request, sponsor_request, view)
     log.info("portal: visitor AUA signed for %s from %s", client.mac, client.ip)
@@ -186,9 +194,11 @@ def _sign_visitor(
     *,
     verify: VisitorVerify,
     now: datetime,
+    refunds: list[tuple[tuple[str, str], str]],
 ) -> None:
     """Sign (verify "self" or "code"). A code attempt is charged to this device and address
-    before it is checked and refunded when it is right, so guessing slows down fast."""
+    before it is checked and refunded when it is right (added to `refunds`, given back by the
+    caller after its transaction), so guessing slows down fast."""
     sources = _code_sources(request, client)
     account = f"visitor-code:{client.mac}"
     if verify is VisitorVerify.CODE:
@@ -218,10 +228,10 @@ def _sign_visitor(
         raise
     except Exception:
         if verify is VisitorVerify.CODE:  # not the code's fault: give the attempt back
-            portal.throttle.succeeded(sources=sources, account=account)
+            refunds.append((sources, account))
         raise
     if verify is VisitorVerify.CODE:
-        portal.throttle.succeeded(sources=sources, account=account)
+        refunds.append((sources, account))
 
 
 # ---------------------------------------------------------------- verify = "sponsor"

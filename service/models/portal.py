@@ -1,7 +1,8 @@
 """Tables owned by the portal area: bearer tokens for the admin HTTP API.
 
 Portal sign-in state is not stored: captive browsers drop cookies, so it travels in
-HMAC-signed form fields (see `portal.tokens`). Rate-limit state is per process, in memory.
+HMAC-signed form fields (see `portal.tokens`). Rate-limit state is per process, in memory;
+the sign-in throttle's counts are shared (`service/models/throttle.py`).
 """
 
 from __future__ import annotations
