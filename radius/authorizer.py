@@ -221,6 +221,7 @@ class Authorizer(PacketHandler):
                 started,
                 key,
                 source,
+                arrived=_time(),
             )
             if credential is None or not self.pap.cached(credential, password):
                 auth_seen[key] = (_monotonic() + self.window, None)
@@ -237,7 +238,7 @@ class Authorizer(PacketHandler):
         shared = self.pap.shared
         if shared is not None:
             sources = (job.source,)
-            if shared.begin(sources=sources, account=job.username, now=_time()) > 0:
+            if shared.begin(sources=sources, account=job.username, now=job.arrived) > 0:
                 job.throttled = True
                 return False
         verified = self.pap.verify(job.credential, job.password)

@@ -50,6 +50,10 @@ class PapJob:
     dedup_key: tuple[Any, ...]
     source: str = ""  # the throttle's source key: NAS + Calling-Station-Id
     throttled: bool = False  # refused by the shared throttle: no password was checked
+    # When the request arrived (wall clock): the shared throttle charges the attempt at this
+    # time, not when a busy argon2 thread gets to it, so its waits run in step with the
+    # loop's in-memory ones.
+    arrived: float = 0.0
 
 
 class PapVerifier:
