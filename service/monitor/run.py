@@ -57,6 +57,7 @@ def run_monitor(
     max_packets: int | None = None,
     keep_summary: bool = True,
     accounting_stale_after: float = 4 * 3600.0,
+    refresh_seconds: float = 30.0,
     observe: Callable[[MonitorProbe], None] | None = None,
     on_capturing: Callable[[str], None] | None = None,
 ) -> RunResult:
@@ -74,6 +75,7 @@ def run_monitor(
         visit_idle_gap=visit_idle_gap,
         keep_summary=keep_summary,
         accounting_stale_after=accounting_stale_after,
+        refresh_seconds=refresh_seconds,
     )
     with _fewer_collections():
         return _run(
