@@ -23,6 +23,7 @@ from service.monitor.recorder import CALLS
 Event = tuple[int, tuple[Any, ...]]  # (index of the call in recorder.CALLS, its arguments)
 _FLOW, _DNS, _DHCP, _ARP, _TICK, _FINISH = range(6)
 _LOCAL_NAME = CALLS.index("local_name")
+_EVIDENCE = CALLS.index("evidence")
 
 
 class Recording:
@@ -69,6 +70,9 @@ class Recording:
 
     def tick(self, *args: Any) -> None:
         self._put((_TICK, args))
+
+    def evidence(self, *args: Any) -> None:
+        self._put((_EVIDENCE, args))
 
     def finish(self) -> None:
         self._put((_FINISH, ()))

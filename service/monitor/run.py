@@ -120,7 +120,10 @@ def _run(
     # The writer process first: it imports the database side and connects while this one
     # imports scapy and opens the capture.
     writer = Recording(setup, niceness=0 if read is not None else LIVE_WRITER_NICENESS)
-    monitor = Monitor(recorder=writer)
+    monitor = Monitor(
+        recorder=writer,
+        bypass_lists=setup.categories.bypass if setup.categories is not None else None,
+    )
     try:
         from service.monitor.capture import CaptureStats, LiveCapture, feed_file
 
