@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from service.decisions import storable_text
-from service.models import AccountingSession
+from service.models import AccountingSession, utcnow
 from service.models.ledger import AccountingRecord
 
 
@@ -140,6 +140,7 @@ def apply_accounting(*, session: Session, records: Sequence[AcctRecord]) -> None
     NAS sent is made storable first (`storable_text`: a NUL escaped, not the batch lost). A
     record whose key is already in the ledger (written before) is skipped: exactly once."""
     records = _new_records(session, [_storable(r) for r in records])
+    now = utcnow()
     session_ids = {r.acct_session_id for r in records if r.acct_session_id}
     rows: dict[tuple[int | None, str, str | None], AccountingSession] = {}
     if session_ids:
@@ -156,7 +157,12 @@ def apply_accounting(*, session: Session, records: Sequence[AcctRecord]) -> None
                     AccountingSession.nas_id == record.nas_id,
                     AccountingSession.stopped_at.is_(None),
                 )
-                .values(stopped_at=record.at, updated_at=record.at, terminate_cause="NAS-Reboot")
+                .values(
+                    stopped_at=record.at,
+                    updated_at=record.at,
+                    terminate_cause="NAS-Reboot",
+                    changed_at=now,
+                )
             )
             continue
         assert record.acct_session_id is not None  # parse_accounting guarantees it
@@ -188,6 +194,7 @@ def apply_accounting(*, session: Session, records: Sequence[AcctRecord]) -> None
             session.add(row)
             rows[key] = row
         _update(row, record)
+        row.changed_at = now
     session.flush()
 
 

@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     # `who`, `export bindings` and the monitor's attribution. Default 4 h: well over twice the
     # usual Acct-Interim-Interval (5-15 min); raise it for a NAS that sends no interim updates.
     accounting_stale_after: float = Field(default=4 * 3600.0, gt=0)
+    # A running monitor reads the devices and accounting sessions changed since its last look
+    # this often (monitor/attribution.py AttributionFeed): a phone that joined this morning is
+    # named on its flows without restarting a monitor started yesterday.
+    monitor_refresh_seconds: float = Field(default=30.0, gt=0)
 
     @field_validator("retention_days", mode="after")
     @classmethod

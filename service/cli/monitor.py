@@ -97,6 +97,7 @@ def run(
             max_packets=max_packets,
             keep_summary=not quiet,
             accounting_stale_after=state.settings.accounting_stale_after,
+            refresh_seconds=state.settings.monitor_refresh_seconds,
             observe=observe,
             on_capturing=lambda what: err_console.print(
                 f"capturing on {what}", markup=False, highlight=False

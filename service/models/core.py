@@ -293,6 +293,7 @@ class AccountingSession(Base):
         Index("ix_accounting_sessions_mac", "mac"),
         Index("ix_accounting_sessions_framed_ip", "framed_ip"),
         Index("ix_accounting_sessions_started_at", "started_at"),
+        Index("ix_accounting_sessions_changed_at", "changed_at"),
     )
 
     id: Mapped[intpk]
@@ -316,6 +317,9 @@ class AccountingSession(Base):
     input_octets: Mapped[int] = mapped_column(BigIntId, default=0)
     output_octets: Mapped[int] = mapped_column(BigIntId, default=0)
     terminate_cause: Mapped[str | None] = mapped_column(String(64))
+    # When this row was last written, by the writer's clock (`updated_at` is the time the
+    # record reports): what a running monitor follows (monitor/attribution.py).
+    changed_at: Mapped[utc] = mapped_column(default=utcnow)
 
 
 class AuditEntry(Base):

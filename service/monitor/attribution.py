@@ -44,6 +44,8 @@ class Attributor:
         self.devices = devices or {}
         # ip -> sorted list of Entry
         self.bindings: dict[str, list[Entry]] = {}
+        # accounting session row id -> (ip, the entry it gave): replaced when it changes.
+        self._sessions: dict[int, tuple[str, Entry]] = {}
 
     def learn(
         self,
@@ -76,6 +78,21 @@ class Attributor:
             return False
         bisect.insort(entries, (start, end, priority, mac, source, seen))
         return True
+
+    def session(
+        self, row_id: int, ip: str, mac: str, start: float, *, until: float, confirmed: float
+    ) -> None:
+        """A RADIUS accounting session's binding (its row id), replacing what the same session
+        said before: an Interim-Update moves its end, a Stop ends it (`AttributionFeed`)."""
+        entries = self.bindings.setdefault(ip, [])
+        old = self._sessions.get(row_id)
+        if old is not None:
+            old_entries = self.bindings.get(old[0])
+            if old_entries is not None and old[1] in old_entries:
+                old_entries.remove(old[1])
+        entry = (start, until, _PRIORITY["radius"], mac, "radius", confirmed)
+        bisect.insort(entries, entry)
+        self._sessions[row_id] = (ip, entry)
 
     def release(self, ip: str, mac: str, ts: float) -> bool:
         """A DHCP RELEASE: `mac`'s lease of `ip` ends at `ts`. False if it held none."""
@@ -129,42 +146,169 @@ def load_attributor(
     stale_after: timedelta = DEFAULT_STALE_AFTER,
 ) -> Attributor:
     """Devices and owners, and every RADIUS accounting session with a Framed-IP-Address; a
-    session without a Stop ends `stale_after` after its last update (accounting.session_end)."""
-    from sqlalchemy import select
+    session without a Stop ends `stale_after` after its last update (accounting.session_end).
+    A monitor that keeps it up to date uses `AttributionFeed` instead."""
+    feed = AttributionFeed(site_code=site_code, stale_after=stale_after)
+    return feed.load(session, since=since)
 
-    from service.accounting import session_end
-    from service.models import AccountingSession, Device
 
-    devices = {
-        mac: DeviceRef(device_id, owner_id)
-        for mac, device_id, owner_id in session.execute(
-            select(Device.mac, Device.id, Device.owner_id)
-        )
-    }
-    attributor = Attributor(devices)
-    query = select(
-        AccountingSession.framed_ip,
-        AccountingSession.mac,
-        AccountingSession.started_at,
-        AccountingSession.updated_at,
-        AccountingSession.stopped_at,
-    ).where(AccountingSession.framed_ip.is_not(None), AccountingSession.mac.is_not(None))
-    if site_code:
-        query = query.where(AccountingSession.site_code == site_code)
-    if since is not None:
-        query = query.where(
-            (AccountingSession.stopped_at.is_(None)) | (AccountingSession.stopped_at >= since)
-        )
-    for framed_ip, mac, started_at, updated_at, stopped_at in session.execute(query):
-        if framed_ip is None or mac is None:
-            continue
-        end = session_end(updated_at=updated_at, stopped_at=stopped_at, stale_after=stale_after)
-        attributor.learn(
-            framed_ip,
-            mac,
-            started_at.timestamp(),
-            "radius",
-            until=end.timestamp(),
-            confirmed=updated_at.timestamp(),
-        )
-    return attributor
+# How far back of the newest `changed_at` seen a refresh asks again: a transaction that
+# stamped its rows before the last look but committed after it (RADIUS writers commit within
+# a second or two; this leaves room for a slow one and for clocks a little apart).
+REFRESH_OVERLAP = timedelta(seconds=60)
+_IN_CHUNK = 500  # MACs per IN (...) when reloading changed devices
+
+
+class AttributionFeed:
+    """One `Attributor` kept up to date with the database while a monitor runs for weeks
+    (issue 14): `load` builds it once, `refresh` patches it with what changed since.
+
+    - RADIUS accounting: the sessions written since the last look, by `changed_at` (their
+      writer's clock, indexed), each replacing the binding it gave before (an Interim-Update
+      moves its stale end, a Stop ends it);
+    - devices: the MACs the change log (service/change_log.py) names after the change counter
+      value read at the last look; a change the log cannot narrow down (a bulk update, the
+      log pruned past us) reloads the device table, which is rare.
+
+    DHCP and ARP bindings the recorder learns from the wire stay in the same Attributor."""
+
+    def __init__(self, *, site_code: str | None, stale_after: timedelta) -> None:
+        self.site_code = site_code
+        self.stale_after = stale_after
+        self.attributor = Attributor()
+        self.version = 0  # the change counter value the devices are current with
+        self.seen: datetime | None = None  # the newest accounting changed_at seen
+        self.full_device_loads = 0
+
+    def load(self, session: Session, *, since: datetime | None = None) -> Attributor:
+        """Everything: devices, and accounting sessions (those stopped before `since` left
+        out)."""
+        self.version = self._counter(session)
+        self.seen = self._newest_change(session)
+        self.attributor.devices = self._devices(session)
+        self._sessions(session, since=since)
+        return self.attributor
+
+    def refresh(self, session: Session) -> int:
+        """Apply what changed since the last look; the number of sessions and devices
+        (re)read. Reads only the changed rows (two indexed lookups when nothing changed)."""
+        from sqlalchemy import select
+
+        from service.change_log import changes_since
+        from service.models import Device
+
+        count = 0
+        version = self._counter(session)
+        if version != self.version:
+            changes = changes_since(session=session, version=self.version)
+            if changes is None:
+                self.attributor.devices = self._devices(session)
+                self.full_device_loads += 1
+                count += len(self.attributor.devices)
+            elif changes.macs:
+                devices = self.attributor.devices
+                macs = sorted(changes.macs)
+                for at in range(0, len(macs), _IN_CHUNK):
+                    chunk = macs[at : at + _IN_CHUNK]
+                    found = {
+                        mac: DeviceRef(device_id, owner_id)
+                        for mac, device_id, owner_id in session.execute(
+                            select(Device.mac, Device.id, Device.owner_id).where(
+                                Device.mac.in_(chunk)
+                            )
+                        )
+                    }
+                    for mac in chunk:
+                        ref = found.get(mac)
+                        if ref is None:
+                            devices.pop(mac, None)  # removed (or the MAC changed)
+                        else:
+                            devices[mac] = ref
+                    count += len(chunk)
+            self.version = version
+        newest = self._newest_change(session)
+        if newest is not None:
+            # From a little before the newest change seen last time: a transaction that
+            # stamped its rows before that look may have committed after it.
+            changed_from = None if self.seen is None else self.seen - REFRESH_OVERLAP
+            count += self._sessions(session, changed_from=changed_from)
+            self.seen = newest
+        return count
+
+    @staticmethod
+    def _counter(session: Session) -> int:
+        from sqlalchemy import select
+
+        from service.models import ChangeCounter
+
+        return int(session.scalar(select(ChangeCounter.value).where(ChangeCounter.id == 1)) or 0)
+
+    @staticmethod
+    def _newest_change(session: Session) -> datetime | None:
+        from sqlalchemy import func, select
+
+        from service.models import AccountingSession
+
+        return session.scalar(select(func.max(AccountingSession.changed_at)))
+
+    @staticmethod
+    def _devices(session: Session) -> dict[str, DeviceRef]:
+        from sqlalchemy import select
+
+        from service.models import Device
+
+        return {
+            mac: DeviceRef(device_id, owner_id)
+            for mac, device_id, owner_id in session.execute(
+                select(Device.mac, Device.id, Device.owner_id)
+            )
+        }
+
+    def _sessions(
+        self,
+        session: Session,
+        *,
+        since: datetime | None = None,
+        changed_from: datetime | None = None,
+    ) -> int:
+        """(Re)learn the accounting sessions with an IP (changed at or after `changed_from`);
+        how many."""
+        from sqlalchemy import select
+
+        from service.accounting import session_end
+        from service.models import AccountingSession
+
+        query = select(
+            AccountingSession.id,
+            AccountingSession.framed_ip,
+            AccountingSession.mac,
+            AccountingSession.started_at,
+            AccountingSession.updated_at,
+            AccountingSession.stopped_at,
+        ).where(AccountingSession.framed_ip.is_not(None), AccountingSession.mac.is_not(None))
+        if self.site_code:
+            query = query.where(AccountingSession.site_code == self.site_code)
+        if since is not None:
+            query = query.where(
+                (AccountingSession.stopped_at.is_(None)) | (AccountingSession.stopped_at >= since)
+            )
+        if changed_from is not None:
+            query = query.where(AccountingSession.changed_at >= changed_from)
+        count = 0
+        learn = self.attributor.session
+        for row_id, framed_ip, mac, started_at, updated_at, stopped_at in session.execute(query):
+            if framed_ip is None or mac is None:
+                continue
+            end = session_end(
+                updated_at=updated_at, stopped_at=stopped_at, stale_after=self.stale_after
+            )
+            learn(
+                row_id,
+                framed_ip,
+                mac,
+                started_at.timestamp(),
+                until=end.timestamp(),
+                confirmed=updated_at.timestamp(),
+            )
+            count += 1
+        return count

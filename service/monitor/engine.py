@@ -10,12 +10,13 @@ epoch seconds) to a sink. The engine itself never touches the database.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 
 from service.monitor import bypass, extract, parser, quic
 from service.monitor.attribution import Attributor
 from service.monitor.categories import CategoryList
-from service.monitor.recorder import Recorder, RecorderCalls
+from service.monitor.recorder import FlowRecord, Recorder, RecorderCalls
 from service.monitor.records import Counters, Due, Sink
 from service.monitor.stream import Stream, seq_diff
 
@@ -49,6 +50,13 @@ _SERVICE_BY_PORT = {
 
 _LOCAL_SOURCES = {137: "netbios", 5353: "mdns", 5355: "llmnr"}
 
+# A new flow that looks like a bypass attempt by its first packet alone (bypass.py decides):
+# DoT/DoQ (853), PPTP (1723 over TCP), IP protocols that are tunnels (GRE 47, ESP 50).
+_EVIDENCE_PORT = 853
+_PPTP_PORT = 1723
+_EVIDENCE_DUE, _EVIDENCE_SENT = 1, 2
+_NAME_CACHE = 100_000
+
 _DNS = 1  # Flow.kind of a UDP flow on a DNS port (every payload is parsed as DNS)
 _DHCP = 2  # Flow.kind of a UDP flow between DHCP ports
 _ETH_IPV4 = parser.ETH_IPV4.unpack_from
@@ -73,6 +81,7 @@ class Flow:
         "alpn",
         "done",
         "end_reason",
+        "evidence",
         "first",
         "info_hash",
         "isn",
@@ -150,6 +159,9 @@ class Flow:
         self.r_stream: Stream | None = None
         # The first payload byte's sequence number each way, from the SYN and SYN-ACK.
         self.isn: list[int | None] | None = None
+        # Bypass evidence (Monitor._evidence): 0 none seen, _EVIDENCE_DUE the first packet
+        # showed some (a tunnel protocol, DoT/PPTP port, listed address), _EVIDENCE_SENT sent.
+        self.evidence = 0
 
 
 class Monitor:
@@ -168,8 +180,12 @@ class Monitor:
         visit_idle_gap: float = 300.0,
         p2p_severity: str = "weekly",
         recorder: RecorderCalls | None = None,
+        bypass_lists: bypass.BypassLists | None = None,
     ) -> None:
         self.counters = Counters()
+        if bypass_lists is None and categories is not None:
+            bypass_lists = categories.bypass
+        self._set_bypass_lists(bypass_lists)
         if recorder is None:
             if sink is None:
                 raise TypeError("Monitor needs a sink or a recorder")
@@ -202,6 +218,49 @@ class Monitor:
         self.p2p_peers: dict[bytes, str] = {}  # _pair(a, b) -> label
         self.now = 0.0
         self._next_tick = 0.0
+
+    def _set_bypass_lists(self, lists: bypass.BypassLists | None) -> None:
+        """What the engine needs of the bypass lists to send a flow's evidence as its first
+        packets show it (`_evidence`): listed addresses as packed bytes, networks as shifted
+        integers, and the names (matched once per name, cached)."""
+        self._bypass_lists = lists if lists is not None and lists.names else None
+        self._listed_names: dict[str, bool] = {}
+        listed: set[bytes] = set()
+        networks: list[tuple[int, int, frozenset[int]]] = []
+        if lists is not None:
+            for address in lists.addresses:
+                listed.add(ipaddress.ip_address(address).packed)
+            for host, _port in lists.endpoints:
+                listed.add(ipaddress.ip_address(host).packed)
+            for version, by_length in lists.networks.items():
+                size = 4 if version == 4 else 16
+                for length, table in by_length.items():
+                    shift = size * 8 - length
+                    networks.append((size, shift, frozenset(n >> shift for n in table)))
+        self._listed_addresses = frozenset(listed)
+        self._listed_networks = networks
+
+    def _listed(self, address: bytes) -> bool:
+        if address in self._listed_addresses:
+            return True
+        if self._listed_networks:
+            value = int.from_bytes(address, "big")
+            size = len(address)
+            for length, shift, prefixes in self._listed_networks:
+                if length == size and value >> shift in prefixes:
+                    return True
+        return False
+
+    def _listed_name(self, name: str) -> bool:
+        lists = self._bypass_lists
+        if lists is None:
+            return False
+        found = self._listed_names.get(name)
+        if found is None:
+            if len(self._listed_names) > _NAME_CACHE:
+                self._listed_names.clear()
+            found = self._listed_names[name] = lists.match_name(name) is not None
+        return found
 
     # --- hot path -----------------------------------------------------------------------
 
@@ -433,6 +492,10 @@ class Monitor:
                 self._dhcp(ts, payload)
             elif flow.o_scan if forward else flow.r_scan:
                 self._udp_payload(flow, payload, forward)
+        if flow.evidence == _EVIDENCE_DUE:
+            # Its first packet showed it (`_new_flow`); after the payload was read, so a
+            # signature in it (WireGuard on a listed endpoint) is part of the evidence.
+            self._evidence(flow)
 
     # --- per-flow work ------------------------------------------------------------------
 
@@ -477,6 +540,16 @@ class Monitor:
             table[rkey] = (flow, not forward)
         self._flows_due.add(flow, ts + flow.timeout)
         self.counters.flows += 1
+        if (
+            (proto != _TCP and proto != _UDP)  # noqa: PLR1714 (speed: two int compares)
+            or flow.resp_port == _EVIDENCE_PORT
+            or (flow.resp_port == _PPTP_PORT and proto == _TCP)
+            or (
+                (self._listed_addresses or self._listed_networks)
+                and (self._listed(dst) or self._listed(src))
+            )
+        ):
+            flow.evidence = _EVIDENCE_DUE
         return flow, forward
 
     def _late(self, flow: Flow, ts: float) -> None:
@@ -575,6 +648,7 @@ class Monitor:
                 elif first == 0 and bypass.tcp_label(payload) is not None:
                     flow.service = "openvpn"  # over TCP (bypass.py); the recorder alerts
                     flow.o_scan = flow.r_scan = 0
+                    self._evidence(flow)
                     return
                 else:
                     return
@@ -594,6 +668,8 @@ class Monitor:
         flow.name, flow.name_source, flow.service = hello.server_name, "sni", "tls"
         flow.version, flow.alpn = hello.tls_version, hello.alpn
         flow.o_scan = 0
+        if self._bypass_lists is not None and self._listed_name(hello.server_name):
+            self._evidence(flow)
 
     def _tls_stream(self, flow: Flow, stream: Stream, data: bytes) -> None:
         """A ClientHello longer than its first segment (post-quantum key shares make them
@@ -651,7 +727,13 @@ class Monitor:
             return
         if flow.name_source is None:
             flow.name, flow.name_source = host, "http"
-            flow.service = "http-connect" if request.method == "CONNECT" else "http"
+            if request.method == "CONNECT":
+                flow.service = "http-connect"
+                self._evidence(flow)
+            else:
+                flow.service = "http"
+                if self._bypass_lists is not None and self._listed_name(host):
+                    self._evidence(flow)
             return
         if host == flow.name or flow.name_source != "http":
             return
@@ -708,6 +790,7 @@ class Monitor:
         if vpn is not None:  # WireGuard, OpenVPN, IKE: the recorder raises a bypass alert
             flow.service = vpn
             flow.o_scan = flow.r_scan = 0
+            self._evidence(flow)
             return
         if flow.resp_port == 443 or flow.orig_port == 443:
             flow.service = "quic"
@@ -732,6 +815,8 @@ class Monitor:
         if hello is not None:
             if hello.server_name:
                 flow.name, flow.name_source = hello.server_name, "quic"
+                if self._bypass_lists is not None and self._listed_name(hello.server_name):
+                    self._evidence(flow)
             flow.alpn = hello.alpn
             flow.quic = None
             flow.o_scan = 0
@@ -863,8 +948,20 @@ class Monitor:
     # --- flow end, visits, alerts -------------------------------------------------------
 
     def _close(self, flow: Flow) -> None:
+        if flow.evidence == _EVIDENCE_DUE:
+            self._evidence(flow)
         flow.done = True
         self._emit_flow(flow)
+
+    def _evidence(self, flow: Flow) -> None:
+        """The packet just read (at `flow.last`) shows the flow may bypass the filter: a VPN
+        signature, CONNECT, a DoT/PPTP port, a listed address or name. The recorder decides
+        and alerts now, with this packet's time, not when the flow ends hours later (a
+        tunnel stays up all day); it raises nothing for the flow at its end. Once per flow."""
+        if flow.evidence == _EVIDENCE_SENT:
+            return
+        flow.evidence = _EVIDENCE_SENT
+        self.recorder.evidence(flow.last, self._record(flow))
 
     def _forget(self, flow: Flow) -> None:
         if flow.table is not None:
@@ -873,29 +970,31 @@ class Monitor:
             flow.table = None
 
     def _emit_flow(self, flow: Flow) -> None:
-        self.recorder.flow(
-            (
-                flow.first,
-                flow.last,
-                flow.proto,
-                flow.orig,
-                flow.orig_port,
-                flow.resp,
-                flow.resp_port,
-                flow.vlan,
-                flow.o_pkts,
-                flow.o_bytes,
-                flow.r_pkts,
-                flow.r_bytes,
-                flow.end_reason,
-                flow.service,
-                flow.name,
-                flow.name_source,
-                flow.version,
-                flow.alpn,
-                flow.p2p,
-                flow.info_hash,
-            )
+        self.recorder.flow(self._record(flow))
+
+    @staticmethod
+    def _record(flow: Flow) -> FlowRecord:
+        return (
+            flow.first,
+            flow.last,
+            flow.proto,
+            flow.orig,
+            flow.orig_port,
+            flow.resp,
+            flow.resp_port,
+            flow.vlan,
+            flow.o_pkts,
+            flow.o_bytes,
+            flow.r_pkts,
+            flow.r_bytes,
+            flow.end_reason,
+            flow.service,
+            flow.name,
+            flow.name_source,
+            flow.version,
+            flow.alpn,
+            flow.p2p,
+            flow.info_hash,
         )
 
     # --- housekeeping -------------------------------------------------------------------

@@ -25,6 +25,7 @@ class Setup:
     visit_idle_gap: float = 300.0
     keep_summary: bool = False
     accounting_stale_after: float = 4 * 3600.0  # seconds; Settings.accounting_stale_after
+    refresh_seconds: float = 30.0  # Settings.monitor_refresh_seconds
 
 
 @dataclass

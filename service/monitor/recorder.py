@@ -124,6 +124,8 @@ class RecorderCalls(Protocol):
 
     def finish(self) -> None: ...
 
+    def evidence(self, ts: float, record: FlowRecord, /) -> None: ...
+
 
 class Visit:
     __slots__ = (
@@ -187,6 +189,9 @@ class Recorder:
         # Bypass alerts (bypass.py), on unless the site's policy says `bypass_alerts = false`.
         self.bypass = BypassDetector(self.categories.bypass) if bypass_alerts else None
         self.bypass_alerted: dict[tuple[str, str], float] = {}
+        # Flows alerted on by their evidence (`evidence`), by (orig, orig port, resp, resp
+        # port, protocol, first): their end raises no second alert.
+        self.bypass_early: set[tuple[bytes, int, bytes, int, int, float]] = set()
         # (mac, name, source, ip) -> when last written: a name is written again at most every
         # _NAME_REFRESH seconds (devices announce every few seconds; the row keeps last seen).
         self.names_written: dict[tuple[str, str, str, str | None], float] = {}
@@ -427,7 +432,10 @@ class Recorder:
         who3 = (mac, device_id, person_id)
         if p2p is not None:
             self._p2p_alert(first, p2p, info_hash, client, server, who3)
-        if self.bypass is not None:
+        if self.bypass is not None and not (
+            self.bypass_early
+            and self._early_done((orig_raw, orig_port, resp_raw, resp_port, proto, first))
+        ):
             finding = self.bypass.flow(
                 _PROTO_NAMES.get(proto) or str(proto),
                 client,
@@ -543,6 +551,50 @@ class Recorder:
         self.bypass_alerted[key] = ts
         self._alert(ts, kind, BYPASS_CATEGORY, "weekly", client, who, finding.evidence)
 
+    def evidence(self, ts: float, record: FlowRecord) -> None:
+        """A flow that may bypass the filter, as the packet at `ts` shows it (the engine's
+        `_evidence`: a VPN signature, CONNECT, DoT, a listed address or name): decided and
+        alerted now, with that packet's time, so a tunnel up all day is seen within seconds;
+        the flow's end (`flow`) then raises no second alert for it."""
+        if self.bypass is None:
+            return
+        first, _last, proto, orig_raw, orig_port, resp_raw, resp_port = record[:7]
+        service, name, name_source = record[13:16]
+        orig = _TEXT.get(orig_raw) or _ip_text(orig_raw)
+        resp = _TEXT.get(resp_raw) or _ip_text(resp_raw)
+        who = self.attributor.who(orig, ts)
+        client, server = orig, resp
+        if who[0] is None:
+            other = self.attributor.who(resp, ts)
+            if other[0] is not None:
+                who, client, server = other, resp, orig
+        if name is None:
+            name = self.dns_names.get((client, server)) or self.dns_names.get((server, client))
+            if name is None:
+                name = self.dns_any.get(server)
+            if name is not None:
+                name_source = "dns"
+        finding = self.bypass.flow(
+            _PROTO_NAMES.get(proto) or str(proto),
+            client,
+            server,
+            resp_port if server == resp else orig_port,
+            service,
+            name,
+            name_source,
+        )
+        if finding is None:
+            return  # the flow's end looks again, with all it learnt by then
+        self.bypass_early.add((orig_raw, orig_port, resp_raw, resp_port, proto, first))
+        self._bypass_alert(ts, finding, client, (who[0], who[2], who[3]))
+
+    def _early_done(self, key: tuple[bytes, int, bytes, int, int, float]) -> bool:
+        """Whether the flow was alerted on by its evidence (and forget it: it has ended)."""
+        if key in self.bypass_early:
+            self.bypass_early.discard(key)
+            return True
+        return False
+
     def _alert(
         self,
         ts: float,
@@ -594,4 +646,14 @@ class Recorder:
 
 
 # The calls by number, as recording.Recording sends them (writer.record_and_write).
-CALLS = ("flow", "dns", "dhcp", "arp", "tick", "finish", "local_name", "http_host")
+CALLS = (
+    "flow",
+    "dns",
+    "dhcp",
+    "arp",
+    "tick",
+    "finish",
+    "local_name",
+    "http_host",
+    "evidence",
+)

@@ -24,6 +24,7 @@ Event = tuple[int, tuple[Any, ...]]  # (index of the call in recorder.CALLS, its
 _FLOW, _DNS, _DHCP, _ARP, _TICK, _FINISH = range(6)
 _LOCAL_NAME = CALLS.index("local_name")
 _HTTP_HOST = CALLS.index("http_host")
+_EVIDENCE = CALLS.index("evidence")
 
 
 class Recording:
@@ -73,6 +74,9 @@ class Recording:
 
     def tick(self, *args: Any) -> None:
         self._put((_TICK, args))
+
+    def evidence(self, *args: Any) -> None:
+        self._put((_EVIDENCE, args))
 
     def finish(self) -> None:
         self._put((_FINISH, ()))

@@ -57,6 +57,7 @@ def run_monitor(
     max_packets: int | None = None,
     keep_summary: bool = True,
     accounting_stale_after: float = 4 * 3600.0,
+    refresh_seconds: float = 30.0,
     observe: Callable[[MonitorProbe], None] | None = None,
     on_capturing: Callable[[str], None] | None = None,
 ) -> RunResult:
@@ -74,6 +75,7 @@ def run_monitor(
         visit_idle_gap=visit_idle_gap,
         keep_summary=keep_summary,
         accounting_stale_after=accounting_stale_after,
+        refresh_seconds=refresh_seconds,
     )
     with _fewer_collections():
         return _run(
@@ -118,7 +120,10 @@ def _run(
     # The writer process first: it imports the database side and connects while this one
     # imports scapy and opens the capture.
     writer = Recording(setup, niceness=0 if read is not None else LIVE_WRITER_NICENESS)
-    monitor = Monitor(recorder=writer)
+    monitor = Monitor(
+        recorder=writer,
+        bypass_lists=setup.categories.bypass if setup.categories is not None else None,
+    )
     try:
         from service.monitor.capture import CaptureStats, LiveCapture, feed_file
 

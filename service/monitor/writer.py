@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
+import queue
 import signal
 import sqlite3
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,7 +38,7 @@ from service.models.traffic import (
     TrafficFlow,
     TrafficVisit,
 )
-from service.monitor.attribution import load_attributor
+from service.monitor.attribution import AttributionFeed
 from service.monitor.messages import SUMMARY_KINDS, Failed, Ready, RecordingResult, Setup
 from service.monitor.recorder import CALLS, Recorder
 from service.monitor.records import FIELDS, P2P_FIELD, Counters, Row, with_datetimes
@@ -53,6 +56,7 @@ UPSERTED = frozenset({"names"})  # one row per key, kept up to date: not partiti
 COLUMNS = {kind: [table.c[name] for name in FIELDS[kind]] for kind, table in TABLES.items()}
 Batch = dict[str, list[Row]]  # kind -> rows
 _json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
+log = logging.getLogger("schoolgate.monitor")
 
 
 def record_and_write(setup: Setup, batches: Any, results: Any) -> None:
@@ -74,11 +78,11 @@ def record_and_write(setup: Setup, batches: Any, results: Any) -> None:
                 bypass_alerts = bypass_alerts_on(session, setup.site_code)
             else:
                 bypass_alerts = True
-            attributor = load_attributor(
-                session,
+            feed = AttributionFeed(
                 site_code=setup.site_code,
                 stale_after=timedelta(seconds=setup.accounting_stale_after),
             )
+            attributor = feed.load(session)
         inserter = _Inserter(engine)
     except SchoolgateError as exc:
         results.send(Failed(str(exc)))
@@ -113,10 +117,16 @@ def record_and_write(setup: Setup, batches: Any, results: Any) -> None:
     calls = [getattr(recorder, name) for name in CALLS]
     errors = 0
     last_error = None
+    refresher = _Refresher(engine, feed, setup.refresh_seconds)
     while True:
-        batch = batches.get()
+        try:
+            batch = batches.get(timeout=refresher.wait())
+        except queue.Empty:
+            refresher.maybe()
+            continue
         if batch is None:
             break
+        refresher.maybe()
         try:
             for code, args in batch:
                 calls[code](*args)
@@ -146,6 +156,44 @@ def record_and_write(setup: Setup, batches: Any, results: Any) -> None:
         )
     )
     results.close()
+
+
+class _Refresher:
+    """Brings the attributor up to date every `every` seconds, between batches (the capture
+    goes on meanwhile: batches wait in the queue). A refresh reads only what changed
+    (AttributionFeed.refresh). Database unreachable: the last attributor stays, and that is
+    logged once until a refresh works again."""
+
+    def __init__(self, engine: Engine, feed: AttributionFeed, every: float) -> None:
+        self.engine = engine
+        self.feed = feed
+        self.every = every
+        self.due = time.monotonic() + every
+        self.failing = False
+
+    def wait(self) -> float:
+        """How long the writer may wait for a batch before the next refresh is due."""
+        return max(0.01, self.due - time.monotonic())
+
+    def maybe(self) -> None:
+        now = time.monotonic()
+        if now < self.due:
+            return
+        self.due = now + self.every
+        try:
+            with Session(self.engine) as session:
+                self.feed.refresh(session)
+        except SQLAlchemyError as exc:
+            if not self.failing:
+                log.warning(
+                    "attribution not refreshed, keeping the last one: %s",
+                    describe_database_error(exc),
+                )
+            self.failing = True
+            return
+        if self.failing:
+            log.warning("attribution refreshed again")
+        self.failing = False
 
 
 def bypass_alerts_on(session: Session, site_code: str) -> bool:
