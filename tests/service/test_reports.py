@@ -54,7 +54,9 @@ def _week(westgate, session_factory, run_cli) -> None:
         )  # fmt: skip
 
 
-def test_the_weeks_counts_are_what_was_made(westgate, session_factory, run_cli) -> None:
+def test_the_weeks_counts_are_what_was_made(
+    westgate, session_factory, run_cli, tmp_path: Path
+) -> None:
     _week(westgate, session_factory, run_cli)
     report = json.loads(run_cli("report", "weekly", *WIDE, "--json").stdout)
     assert report["audit"]["ok"] is True
@@ -85,37 +87,7 @@ def test_the_weeks_counts_are_what_was_made(westgate, session_factory, run_cli) 
     assert "by kind: dns-tunnel 1" in page
     assert "lost or stolen device reports: 1" in page
 
-
-def test_the_window_is_half_open_in_the_sites_time(westgate, session_factory, run_cli) -> None:
-    just_before = datetime(2026, 11, 16, 23, 59, 59, tzinfo=UTC)
-    with transaction(session_factory) as session:
-        record_decisions(
-            session=session,
-            rows=[
-                _decision(just_before, westgate.shared_ipad, "full", "school device"),
-                _decision(T, westgate.shared_ipad, "full", "school device"),
-                _decision(datetime(2026, 11, 24, tzinfo=UTC), westgate.shared_ipad, "full", "x"),
-            ],
-        )
-
-    def decisions(*window: str) -> int:
-        report = json.loads(
-            run_cli("report", "weekly", "--site", "westgate", *window, "--json").stdout
-        )
-        return report["sites"][0]["it_lead"]["decisions"]["total"]
-
-    # 2026-11-17 00:00 GMT to 2026-11-24 00:00 (not included): only the Wednesday's.
-    assert decisions("--since", "2026-11-17") == 1
-    assert decisions("--until", "2026-11-24") == 1
-    assert decisions("--since", "2026-11-16T23:59:59") == 2
-    empty = run_cli("report", "weekly", "--since", "2027-01-04").stdout
-    assert "Nothing was recorded at this site in this period." in empty
-
-
-def test_output_dir_writes_the_report_and_the_weeks_exports(
-    westgate, session_factory, run_cli, tmp_path: Path
-) -> None:
-    _week(westgate, session_factory, run_cli)
+    # --output-dir: the report and that week's exports (2010's, with the capture's alert).
     out = tmp_path / "reports"
     out.mkdir()
     run_cli(
@@ -143,6 +115,32 @@ def test_output_dir_writes_the_report_and_the_weeks_exports(
     assert "alerts: 1" in (out / "report-all-2010-08-16.txt").read_text()
 
 
+def test_the_window_is_half_open_in_the_sites_time(westgate, session_factory, run_cli) -> None:
+    just_before = datetime(2026, 11, 16, 23, 59, 59, tzinfo=UTC)
+    with transaction(session_factory) as session:
+        record_decisions(
+            session=session,
+            rows=[
+                _decision(just_before, westgate.shared_ipad, "full", "school device"),
+                _decision(T, westgate.shared_ipad, "full", "school device"),
+                _decision(datetime(2026, 11, 24, tzinfo=UTC), westgate.shared_ipad, "full", "x"),
+            ],
+        )
+
+    def decisions(*window: str) -> int:
+        report = json.loads(
+            run_cli("report", "weekly", "--site", "westgate", *window, "--json").stdout
+        )
+        return report["sites"][0]["it_lead"]["decisions"]["total"]
+
+    # 2026-11-17 00:00 GMT to 2026-11-24 00:00 (not included): only the Wednesday's.
+    assert decisions("--since", "2026-11-17") == 1
+    assert decisions("--until", "2026-11-24") == 1
+    assert decisions("--since", "2026-11-16T23:59:59") == 2
+    empty = run_cli("report", "weekly", "--since", "2027-01-04").stdout
+    assert "Nothing was recorded at this site in this period." in empty
+
+
 def test_a_tampered_audit_log_fails_the_run_and_heads_the_report(
     westgate, session_factory, run_cli, tmp_path: Path
 ) -> None:
@@ -167,9 +165,8 @@ def test_bad_input_is_one_line_and_writes_nothing(westgate, run_cli, tmp_path: P
         (("--site", "eastgate"), "error: no site 'eastgate'"),
         (("--output-dir", str(tmp_path / "absent")), "is not a directory"),
     ):
-        result = run_cli("report", "weekly", *args, "-o", str(page), check=False)
-        if "--output-dir" in args:
-            result = run_cli("report", "weekly", *args, check=False)
+        output = () if "--output-dir" in args else ("-o", str(page))
+        result = run_cli("report", "weekly", *args, *output, check=False)
         assert result.returncode == 1, result
         assert message in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
