@@ -331,3 +331,15 @@ def verify(
             len(anchors),
         )
     return VerifyResult(True, count, None, None, head_id, prev, keyed, len(anchors))
+
+
+def verify_configured(
+    session: Session, *, settings: Settings, anchor_file: Path | None = None
+) -> VerifyResult:
+    """`verify` with what the settings give: the audit key and the anchor log (`anchor_file`,
+    else the one beside the key, which may not exist yet). `schoolgate audit verify` and the
+    weekly report run this one check, so they cannot disagree."""
+    path = anchor_file or settings.anchor_file
+    anchors = read_anchors(path) if anchor_file is not None or path.exists() else []
+    key = settings.audit_key.get_secret_value().encode() if settings.audit_key else None
+    return verify(session, key=key, anchors=anchors)

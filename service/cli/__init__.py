@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "backup": ("service.cli.backup",),
     "restore": ("service.cli.backup",),
     "incident": ("service.cli.day",),
+    "report": ("service.cli.report",),
 }
 
 

@@ -172,13 +172,9 @@ def audit_verify(
     state = get_state(ctx)
     settings = state.settings
     anchor_file = anchor or settings.anchor_file
-    if anchor is None and not anchor_file.exists():
-        anchors: list[audit.Anchor] = []
-    else:
-        anchors = audit.read_anchors(anchor_file)
-    key = settings.audit_key.get_secret_value().encode() if settings.audit_key else None
+    key = settings.audit_key
     with state.reading() as session:
-        result = audit.verify(session, key=key, anchors=anchors)
+        result = audit.verify_configured(session, settings=settings, anchor_file=anchor)
     if not result.ok:
         fail(f"audit log broken at entry {result.first_bad_id}: {result.problem}")
     console.print(
@@ -186,8 +182,8 @@ def audit_verify(
         f"head id {result.head_id} hash {result.head_hash}",
         highlight=False,
     )
-    if anchors:
-        console.print(f"{len(anchors)} anchors hold ({anchor_file})", highlight=False)
+    if result.anchors:
+        console.print(f"{result.anchors} anchors hold ({anchor_file})", highlight=False)
     else:
         console.print(
             f"warning: no anchors in {anchor_file}: deleted last entries cannot be detected",

@@ -305,7 +305,7 @@ def test_unit_commands_run(tmp_path: Path) -> None:
         )
         for line in values(unit, "Service", "ExecStart")
     ]
-    assert len(oneshots) == 5
+    assert len(oneshots) == 2  # `purge`; `report weekly --output-dir .../reports`
     with started(commands, envs, host.state) as running:
         run_all(oneshots, host.state)
         check_servers(
@@ -313,4 +313,8 @@ def test_unit_commands_run(tmp_path: Path) -> None:
         )
         if capture:
             assert running["monitor"].process.wait(timeout=60) == 0, running["monitor"].output()
-    assert (host.state / "reports" / "alerts.csv").exists()
+    # The weekly report and the week's exports beside it (the report names its first day).
+    written = sorted(p.name.rsplit("-", 3)[0] for p in (host.state / "reports").iterdir())
+    assert written == ["alerts-all", "coa-all", "incidents-all", "report-all"], written
+    page = next((host.state / "reports").glob("report-all-*.txt")).read_text()
+    assert "audit chain: verified" in page
