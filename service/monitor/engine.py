@@ -668,7 +668,8 @@ class Monitor:
         flow.name, flow.name_source, flow.service = hello.server_name, "sni", "tls"
         flow.version, flow.alpn = hello.tls_version, hello.alpn
         flow.o_scan = 0
-        if self._bypass_lists is not None and self._listed_name(hello.server_name):
+        name = hello.server_name
+        if name and self._bypass_lists is not None and self._listed_name(name):
             self._evidence(flow)
 
     def _tls_stream(self, flow: Flow, stream: Stream, data: bytes) -> None:
