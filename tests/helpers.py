@@ -23,7 +23,7 @@ def free_tcp_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_tcp(port: int, host: str = "127.0.0.1", timeout: float = 15.0) -> None:
+def wait_for_tcp(port: int, host: str = "127.0.0.1", timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

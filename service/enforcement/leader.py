@@ -163,9 +163,14 @@ class PostgresLock:
         return bool(count)
 
     def release(self) -> None:
-        self._holding = False
+        """Unlock, then close. Closing the session alone drops the lock too, but only once
+        the server has noticed the disconnect: a standby asking at once would be refused."""
+        holding, self._holding = self._holding, False
         conn, self._conn = self._conn, None
         if conn is not None:
+            if holding:
+                with contextlib.suppress(Exception):
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
             with contextlib.suppress(Exception):
                 conn.close()  # closing the session drops the lock with it
 

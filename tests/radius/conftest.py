@@ -35,7 +35,7 @@ class RadiusServer:
     log_path: Path
     _stopped: str | None = field(default=None)
 
-    def client(self, secret: bytes | None = None, timeout: float = 2.0, retries: int = 1) -> Client:
+    def client(self, secret: bytes | None = None, timeout: float = 2.0, retries: int = 3) -> Client:
         return Client(
             server="127.0.0.1",
             authport=self.auth_port,

@@ -53,14 +53,11 @@ def test_lost_phone_via_cli_is_disconnected_within_a_second(
         nas_id = point_nas(session_factory, nas.port)
         open_session(session_factory, westgate.school_laptop, nas_id=nas_id, acct_session_id="A1")
         open_session(session_factory, westgate.shared_ipad, nas_id=nas_id, acct_session_id="A2")
-        started = time.monotonic()
         run_cli("device", "lost", westgate.school_laptop, "--reported-by", "Ms Head")
-        assert nas.arrived.wait(5)
-        elapsed = time.monotonic() - started
+        # The command sends the Disconnect itself before it exits: the NAS has it by then
+        # (how fast a send is, is bench/coa_dispatch.py's business, not a timed test's).
+        assert nas.arrived.wait(0.5)
         listed = json.loads(run_cli("coa", "list", "--json").stdout)
-    # The subprocess starts Python and imports the CLI: allow for that, the send itself is
-    # done before the command exits.
-    assert elapsed < 5
     assert len(nas.received) == 1, "only the lost device's session is touched"
     got = nas.received[0]
     assert got.code == DISCONNECT_REQUEST

@@ -232,12 +232,11 @@ def test_hostapd_nak_for_unknown_station_and_ack_for_a_real_session(
         # accounting record without User-Name. MAC and Acct-Session-Id identify it.
         username="",
     )
-    started = time.monotonic()
     run_cli("device", "lost", STATION_MAC, "--reported-by", "Ms Head")
+    # Acknowledged by the time the command has exited, at the first attempt.
     (ack,) = json.loads(run_cli("coa", "list", "--json", "--mac", STATION_MAC).stdout)
     assert ack["state"] == "ack", ack
     assert ack["attempts"] == 1
-    assert time.monotonic() - started < 10
     deadline = time.monotonic() + 5
     while "AUTHORIZED" in _sta(hostapd_nas.nas_ns, hostapd_nas.ctrl):
         assert time.monotonic() < deadline, "hostapd ACKed but kept the station authorised"
