@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from service.monitor import extract, parser
-from service.monitor.attribution import Attributor
+from service.monitor.attribution import Attributor, Who
 from service.monitor.bypass import BYPASS_CATEGORY, BypassDetector, Finding
 from service.monitor.categories import CategoryList
 from service.monitor.records import Counters, Due, Sink
@@ -381,21 +381,10 @@ class Recorder:
             p2p,
             info_hash,
         ) = record
-        orig = _TEXT.get(orig_raw) or _ip_text(orig_raw)
-        resp = _TEXT.get(resp_raw) or _ip_text(resp_raw)
-        who = self.attributor.who(orig, first)
-        client, server = orig, resp
-        if who[0] is None:
-            other = self.attributor.who(resp, first)
-            if other[0] is not None:
-                who, client, server = other, resp, orig
+        orig, resp, client, server, who, name, name_source = self._who_and_name(
+            orig_raw, resp_raw, first, name, name_source
+        )
         mac, mac_source, device_id, person_id = who
-        if name is None:
-            name = self.dns_names.get((client, server)) or self.dns_names.get((server, client))
-            if name is None:
-                name = self.dns_any.get(server)
-            if name is not None:
-                name_source = "dns"
         self.sink(
             "flows",
             (
@@ -551,15 +540,17 @@ class Recorder:
         self.bypass_alerted[key] = ts
         self._alert(ts, kind, BYPASS_CATEGORY, "weekly", client, who, finding.evidence)
 
-    def evidence(self, ts: float, record: FlowRecord) -> None:
-        """A flow that may bypass the filter, as the packet at `ts` shows it (the engine's
-        `_evidence`: a VPN signature, CONNECT, DoT, a listed address or name): decided and
-        alerted now, with that packet's time, so a tunnel up all day is seen within seconds;
-        the flow's end (`flow`) then raises no second alert for it."""
-        if self.bypass is None:
-            return
-        first, _last, proto, orig_raw, orig_port, resp_raw, resp_port = record[:7]
-        service, name, name_source = record[13:16]
+    def _who_and_name(
+        self,
+        orig_raw: bytes,
+        resp_raw: bytes,
+        ts: float,
+        name: str | None,
+        name_source: str | None,
+    ) -> tuple[str, str, str, str, Who, str | None, str | None]:
+        """A flow's addresses as text; its client (the end a device of ours held at `ts`,
+        the originator if neither) and server; who that was; and its name, from the DNS
+        answers seen when the packets named none."""
         orig = _TEXT.get(orig_raw) or _ip_text(orig_raw)
         resp = _TEXT.get(resp_raw) or _ip_text(resp_raw)
         who = self.attributor.who(orig, ts)
@@ -574,6 +565,20 @@ class Recorder:
                 name = self.dns_any.get(server)
             if name is not None:
                 name_source = "dns"
+        return orig, resp, client, server, who, name, name_source
+
+    def evidence(self, ts: float, record: FlowRecord) -> None:
+        """A flow that may bypass the filter, as the packet at `ts` shows it (the engine's
+        `_evidence`: a VPN signature, CONNECT, DoT, a listed address or name): decided and
+        alerted now, with that packet's time, so a tunnel up all day is seen within seconds;
+        the flow's end (`flow`) then raises no second alert for it."""
+        if self.bypass is None:
+            return
+        first, _last, proto, orig_raw, orig_port, resp_raw, resp_port = record[:7]
+        service, name, name_source = record[13:16]
+        _orig, resp, client, server, who, name, name_source = self._who_and_name(
+            orig_raw, resp_raw, ts, name, name_source
+        )
         finding = self.bypass.flow(
             _PROTO_NAMES.get(proto) or str(proto),
             client,

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from service.models.traffic import TrafficAlert, TrafficFlow
 from tests.monitor import traffic as t
 from tests.monitor.conftest import REPO
-from tests.monitor.test_live import _capturing, veth  # noqa: F401  (the fixture)
+from tests.monitor.test_live import _capturing, replay, veth  # noqa: F401  (the fixture)
 
 VPN_SERVER = "185.65.134.1"  # not on any list: the WireGuard signature alone is the evidence
 WG_PORT = 51820
@@ -108,34 +108,18 @@ def test_a_live_wireguard_tunnel_alerts_before_it_ends(
         text=True,
     )
 
-    def replay(pkts: list[Packet], name: str) -> None:
-        capture = t.write(tmp_path / name, pkts)
-        subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "tcpreplay",
-                "-q",
-                "--topspeed",
-                "-i",
-                inside,
-                str(capture),
-            ],
-            check=True,
-            capture_output=True,
-        )
+    def send(pkts: list[Packet], name: str) -> None:
+        replay(ns, inside, t.write(tmp_path / name, pkts))
 
     try:
         _capturing(monitor)
-        replay(_wireguard(time.time(), 1.0), "handshake.pcap")
+        send(_wireguard(time.time(), 1.0), "handshake.pcap")
         sent = time.monotonic()
         alerts: list[TrafficAlert] = []
         flows: list[TrafficFlow] = []
         while time.monotonic() - sent < 20 and not alerts:
             # The tunnel keeps going: transport data every half second.
-            replay([_udp(0, b"\x04\x00\x00\x00" + bytes(28))], "data.pcap")
+            send([_udp(0, b"\x04\x00\x00\x00" + bytes(28))], "data.pcap")
             time.sleep(0.5)
             with session_factory() as session:
                 alerts = list(session.scalars(select(TrafficAlert)))

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -59,6 +60,16 @@ def _capturing(monitor: subprocess.Popen[str]) -> str:
     return line.strip()
 
 
+def replay(ns: str, interface: str, capture: Path) -> None:
+    """Send a capture's packets at full speed out of `interface` in namespace `ns` (the
+    veth fixture's inside end), so the monitor on the outside end sees them."""
+    subprocess.run(
+        ["ip", "netns", "exec", ns, "tcpreplay", "-q", "--topspeed", "-i", interface, str(capture)],
+        check=True,
+        capture_output=True,
+    )
+
+
 def test_live_capture_on_a_veth_pair(veth, sqlite_url, tmp_path) -> None:
     ns, outside, inside = veth
     capture = t.write(tmp_path / "day.pcap", t.school_day())
@@ -87,22 +98,7 @@ def test_live_capture_on_a_veth_pair(veth, sqlite_url, tmp_path) -> None:
         said = _capturing(monitor)
         assert said.startswith(f"capturing on {outside} ("), said
         for _ in range(3):
-            subprocess.run(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    ns,
-                    "tcpreplay",
-                    "-q",
-                    "--topspeed",
-                    "-i",
-                    inside,
-                    str(capture),
-                ],
-                check=True,
-                capture_output=True,
-            )
+            replay(ns, inside, capture)
         time.sleep(1.0)  # the last ring block is handed over within 50 ms; then stop
         monitor.send_signal(signal.SIGTERM)
         out, err = monitor.communicate(timeout=60)

@@ -20,7 +20,7 @@ from service.models import Device, NasClient, Person
 from service.models.traffic import TrafficFlow
 from service.monitor.attribution import AttributionFeed
 from tests.monitor import traffic as t
-from tests.monitor.test_live import _capturing, veth  # noqa: F401  (the fixture)
+from tests.monitor.test_live import _capturing, replay, veth  # noqa: F401  (the fixture)
 
 PHONE = "02:00:00:00:51:01"
 PHONE_IP = "10.20.0.7"
@@ -136,22 +136,7 @@ def test_a_running_monitor_names_a_phone_registered_after_it_started(
             PHONE_IP, 41000, WEB, 80, time.time(), b"GET / HTTP/1.1\r\n\r\n", mac=PHONE
         )
         capture = t.write(tmp_path / "phone.pcap", packets)
-        subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "tcpreplay",
-                "-q",
-                "--topspeed",
-                "-i",
-                inside,
-                str(capture),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        replay(ns, inside, capture)
         time.sleep(1.0)
         monitor.send_signal(signal.SIGTERM)
         _out, err = monitor.communicate(timeout=60)

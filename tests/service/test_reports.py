@@ -10,6 +10,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select, text
 
 from service.db import transaction
@@ -157,6 +158,7 @@ def test_a_tampered_audit_log_fails_the_run_and_heads_the_report(
     assert json.loads(as_json.stdout)["audit"]["first_bad_id"] == 2
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # no database question
 def test_bad_input_is_one_line_and_writes_nothing(westgate, run_cli, tmp_path: Path) -> None:
     page = tmp_path / "week.txt"
     for args, message in (
