@@ -8,6 +8,7 @@ import io
 import json
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import func, select, text
 
 from service.config import load_settings
@@ -104,6 +105,7 @@ def test_monitor_run_shows_people_sites_and_bittorrent_then_exports(
     assert any(r["msg_type"] == "ACK" and r["ip"] == t.LAPTOP_IP for r in dhcp)
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # no database question in it
 def test_monitor_run_bad_arguments_are_one_line_errors(westgate, run_cli, tmp_path) -> None:
     both = run_cli("monitor", "run", check=False)
     assert both.returncode == 1

@@ -40,6 +40,7 @@ def signatures_for(session_factory: sessionmaker[Session], mac: str) -> int:
 
 
 # ---------------------------------------------------------------- item 2: markup, CLI output
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # no database question in it
 def test_visitor_named_like_markup_is_listed_literally(
     client_at: Clients, connect: Connect, run_cli: RunCli
 ) -> None:

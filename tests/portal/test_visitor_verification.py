@@ -160,6 +160,7 @@ def test_wrong_codes_are_throttled_per_device(
     assert explain(run_cli, VISITOR)["access"] == "registration"
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # no database question in it
 def test_visitor_code_command_errors_are_one_line(
     westgate: SimpleNamespace, run_cli: RunCli
 ) -> None:

@@ -211,7 +211,7 @@ def test_status_server_duplicates_and_drops(radius_server, westgate):
     coa = codec.encode_request(codec.COA_REQUEST, 9, b"", SECRET)
     assert exchange(coa, radius_server.auth_port, timeout=0.3) is None
     with pytest.raises(Timeout):
-        radius_server.client(secret=b"not-the-secret", timeout=0.5).SendPacket(
+        radius_server.client(secret=b"not-the-secret", timeout=0.5, retries=1).SendPacket(
             mab_request(radius_server.client(secret=b"not-the-secret"), westgate.school_laptop)
         )
 
