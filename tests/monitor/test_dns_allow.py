@@ -153,3 +153,20 @@ def test_monitor_run_policy_allow_stops_the_alert(westgate, run_cli, tmp_path) -
     out = run_cli(*args).stdout
     assert "0 alerts" in out
     assert "DNS tunnel" not in out
+
+
+def test_unanswered_query_is_written_by_the_tick_ten_seconds_on(run_file, tmp_path) -> None:
+    """Engine.tick expires unanswered queries from the front of its queue (Monitor._dns_due):
+    the query with no answer is written once the capture's clock is 10 s past it, before
+    the later exchange, not at the end of the capture."""
+    lost = t.dns_exchange(t.LAPTOP_IP, "lost.example.net", "192.0.2.1", t.T0, txid=1)[:1]
+    first = t.dns_exchange(t.LAPTOP_IP, "first.example.net", "192.0.2.2", t.T0 + 1, txid=2)
+    later = t.dns_exchange(t.LAPTOP_IP, "later.example.net", "192.0.2.3", t.T0 + 20, txid=3)
+    recorded = run_file(t.write(tmp_path / "dns.pcap", lost + first + later))
+    rows = [(d["query"], d["rcode"]) for d in recorded.of("dns")]
+    assert rows == [
+        ("first.example.net", 0),
+        ("lost.example.net", None),
+        ("later.example.net", 0),
+    ]
+    assert not recorded.monitor.pending_dns
