@@ -88,6 +88,9 @@ class IncidentKind(StrEnum):
     COMPROMISED = "compromised"
 
 
+RFC5176_COA_PORT = 3799  # the Dynamic Authorization port of RFC 5176 §2.3
+
+
 class NasVendor(StrEnum):
     GENERIC = "generic"
     CISCO = "cisco"
@@ -95,6 +98,13 @@ class NasVendor(StrEnum):
     UNIFI = "unifi"
     MERAKI = "meraki"
     RUCKUS = "ruckus"
+
+    @property
+    def default_coa_port(self) -> int:
+        """The UDP port this vendor's NAS listens on for Disconnect/CoA out of the box: RFC 5176's
+        3799, except Cisco (IOS-XE / AireOS) and Meraki MR APs, which listen on 1700 (the sources
+        are listed under the controller table in deploy/README.md)."""
+        return 1700 if self in (NasVendor.CISCO, NasVendor.MERAKI) else RFC5176_COA_PORT
 
 
 class CoaKind(StrEnum):

@@ -124,10 +124,12 @@ def add_nas(
     address: str,
     secret: str,
     vendor: str = "generic",
-    coa_port: int = 3799,
+    coa_port: int | None = None,
     require_message_authenticator: bool = True,
     actor: str,
 ) -> NasClient:
+    """Register a NAS client. Without `coa_port` it gets its vendor's default CoA/Disconnect port
+    (`NasVendor.default_coa_port`: 1700 for Cisco and Meraki, else 3799)."""
     site = get_site(session, site_code)
     try:
         network = ipaddress.ip_network(address, strict=False)
@@ -140,6 +142,8 @@ def add_nas(
         raise Invalid(f"unknown NAS vendor {vendor!r} (known: {known})") from exc
     if not secret or len(secret) < 6:
         raise Invalid("the shared secret must be at least 6 characters")
+    if coa_port is None:
+        coa_port = vendor_value.default_coa_port
     if not 1 <= coa_port <= 65535:
         raise Invalid(f"CoA port {coa_port} is out of range 1-65535")
     if session.scalar(

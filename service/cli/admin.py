@@ -304,7 +304,12 @@ def nas_add(
     vendor: str = typer.Option(
         "generic", "--vendor", help="generic, cisco, aruba, unifi, meraki, ruckus"
     ),
-    coa_port: int = typer.Option(3799, "--coa-port"),
+    coa_port: int | None = typer.Option(
+        None,
+        "--coa-port",
+        help="UDP port the NAS takes Disconnect/CoA on; default: the vendor's "
+        "(cisco and meraki 1700, the others 3799).",
+    ),
     allow_missing_message_authenticator: bool = typer.Option(
         False,
         "--allow-missing-message-authenticator",
@@ -327,7 +332,9 @@ def nas_add(
             actor=state.actor,
         )
         console.print(
-            f"added NAS {nas.name} ({nas.address}, {nas.vendor.value}) at {site}", highlight=False
+            f"added NAS {nas.name} ({nas.address}, {nas.vendor.value}, CoA udp {nas.coa_port}) "
+            f"at {site}",
+            highlight=False,
         )
 
 

@@ -11,6 +11,12 @@ Two halves, like the monitor itself:
   signature, the list and entry (deploy/categories/*.txt marked `# bypass: KIND`), the server
   name or address, the counts.
 
+The DNS-tunnel heuristic has an allow-list (deploy/categories/dns_allow.txt, `# allow: dns-tunnel`,
+and a site policy's `[monitor] dns_tunnel_allow`): antivirus and reputation services (Sophos
+Live Protection, McAfee GTI, Team Cymru's hash registry, DNSBLs) look files and addresses up
+with long hash-like names under one domain, which is exactly a tunnel's pattern. Names under a
+listed domain never count toward a tunnel alert; the other detections ignore the list.
+
 Nothing here raises on odd input: a payload or name that fits no rule is simply not a finding.
 """
 
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -190,6 +197,9 @@ class BypassLists:
     endpoints: dict[tuple[str, int], Entry] = field(default_factory=dict)
     # prefix length -> network address as an integer -> entry, per IP version.
     networks: dict[int, dict[int, dict[int, Entry]]] = field(default_factory=dict)
+    # The DNS-tunnel allow-list (`# allow: dns-tunnel` files): domain -> its entry. Kept
+    # apart from `names`, which are bypass evidence, not exemptions.
+    tunnel_allow: dict[str, Entry] = field(default_factory=dict)
 
     def add(self, kind: BypassKind, source: str, line: str) -> None:
         """One list line: `entry  # note`. Raises Invalid for an entry that is none of a
@@ -218,6 +228,19 @@ class BypassLists:
         if not all(part and len(part) < 64 for part in token.split(".")):
             raise Invalid(f"{source}: {token!r} is not a domain name")
         self.names[token] = entry
+
+    def allow_tunnel_domain(self, source: str, line: str) -> None:
+        """One line of a `# allow: dns-tunnel` list: `domain  # why`. Raises Invalid for an
+        entry that is not a domain name one could register (see `allow_entry_problem`)."""
+        value, _, note = line.partition("#")
+        value = value.strip()
+        if not value:
+            return
+        token = value.split()[0].lower().rstrip(".")
+        problem = allow_entry_problem(token)
+        if problem is not None:
+            raise Invalid(f"{source}: {problem}")
+        self.tunnel_allow[token] = Entry(BypassKind.DNS_TUNNEL, source, token, note.strip())
 
     def match_name(self, name: str) -> Entry | None:
         labels = name.lower().rstrip(".").split(".")
@@ -268,6 +291,21 @@ def load_bypass_list(lists: BypassLists, path: Path, kind: BypassKind, lines: li
             lists.add(kind, path.name, stripped)
 
 
+def allow_kind_of(header: str) -> BypassKind:
+    """The detection named by a list's `# allow: KIND` line: only the DNS-tunnel heuristic
+    has an allow-list (a listed resolver, VPN or relay is never an exemption)."""
+    if header.strip().lower() != BypassKind.DNS_TUNNEL.value:
+        raise Invalid(f"allow list kind {header.strip()!r}: use {BypassKind.DNS_TUNNEL.value}")
+    return BypassKind.DNS_TUNNEL
+
+
+def load_allow_list(lists: BypassLists, path: Path, lines: list[str]) -> None:
+    for line in lines:
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            lists.allow_tunnel_domain(path.name, stripped)
+
+
 # --- DNS tunnels ----------------------------------------------------------------------------
 
 _TUNNEL_WINDOW = 600.0  # seconds one client's queries under one domain are counted over
@@ -298,6 +336,31 @@ def registered_domain(name: str) -> str:
     if rest and len(top) == 2 and second in _SECOND_LEVEL:
         return f"{rest.rpartition('.')[2]}.{second}.{top}"
     return f"{second}.{top}"
+
+
+def allow_entry_problem(name: str) -> str | None:
+    """Why `name` (lower-case, no trailing dot) cannot be a DNS-tunnel allow-list entry, or
+    None. An entry is a registered domain ("sophosxl.net") or a name under one
+    ("avqs.mcafee.com"): a bare suffix ("net", "co.uk") would exempt every domain under it
+    from tunnel detection, so it is refused, as is anything that is not a host name."""
+    labels = name.split(".")
+    if (
+        not name
+        or len(name) > 253
+        or not all(
+            label
+            and len(label) < 64
+            and set(label) <= _HOST_CHARS
+            and not label.startswith("-")
+            and not label.endswith("-")
+            for label in labels
+        )
+    ):
+        hint = " (write it without '*.': its subdomains are covered)" if "*" in name else ""
+        return f"{name!r} is not a domain name{hint}"
+    if len(labels) < 2 or registered_domain(f"x.{name}") != registered_domain(name):
+        return f"{name!r} is a public suffix, not a domain: name the service's own domain"
+    return None
 
 
 def _entropy(text: str) -> float:
@@ -348,9 +411,16 @@ class BypassDetector:
     """Findings from the recorder's flows and DNS transactions (recorder.py raises the alerts,
     one per device and kind an hour)."""
 
-    def __init__(self, lists: BypassLists | None = None) -> None:
+    def __init__(self, lists: BypassLists | None = None, tunnel_allow: Iterable[str] = ()) -> None:
+        """`tunnel_allow`: the site policy's `[monitor] dns_tunnel_allow` (validated by the
+        policy loader), added to the lists' `# allow: dns-tunnel` entries."""
         self.lists = lists or BypassLists()
         self.tunnels: dict[tuple[str, str], _TunnelCount] = {}
+        allowed = {*self.lists.tunnel_allow, *(name.lower().rstrip(".") for name in tunnel_allow)}
+        self._allowed = frozenset(allowed)
+        # The registered domains of the entries: one set lookup per candidate query decides
+        # whether the (rare) walk over its deeper suffixes is needed at all.
+        self._allowed_domains = frozenset(registered_domain(name) for name in allowed)
         self._names: dict[str, Entry | None] = {}  # server name -> its list entry, if any
         self._random: dict[str, bool] = {}  # subdomain -> random_looking(subdomain)
         self._next_expiry = 0.0
@@ -429,6 +499,8 @@ class BypassDetector:
         if lowered.endswith((".arpa", ".local")):
             return None
         domain = registered_domain(lowered)
+        if domain in self._allowed_domains and self._tunnel_allowed(lowered, domain):
+            return None  # an antivirus or reputation lookup (dns_allow.txt, the policy)
         key = (client, domain)
         count = self.tunnels.get(key)
         if count is not None and count.alerted and ts - count.first <= _TUNNEL_WINDOW:
@@ -470,6 +542,21 @@ class BypassDetector:
             f"DNS tunnel under {domain}: {' and '.join(reasons)} in {ts - count.first:.0f}s "
             f"({count.queries} counted queries{example})",
         )
+
+    def _tunnel_allowed(self, name: str, domain: str) -> bool:
+        """Whether `name` is `domain` or under it at an allow-listed suffix (the entry may be
+        deeper than the registered domain: avqs.mcafee.com, not all of mcafee.com)."""
+        allowed = self._allowed
+        if domain in allowed:
+            return True
+        suffix = name[: -len(domain)]
+        while suffix:
+            head, _, last = suffix.rstrip(".").rpartition(".")
+            domain = f"{last}.{domain}"
+            if domain in allowed:
+                return True
+            suffix = head + "." if head else ""
+        return False
 
     def expire(self, now: float) -> None:
         """Forget tunnel counts older than the window (called on the recorder's ticks)."""

@@ -7,7 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from service.errors import Invalid
-from service.monitor.bypass import BypassLists, bypass_kind_of, load_bypass_list
+from service.monitor.bypass import (
+    BypassLists,
+    allow_kind_of,
+    bypass_kind_of,
+    load_allow_list,
+    load_bypass_list,
+)
 
 SEVERITIES = ("immediate", "weekly")
 
@@ -38,8 +44,9 @@ class CategoryList:
 
 
 def load_categories(directory: str | Path) -> CategoryList:
-    """Every `*.txt` or `*.list` file in `directory`: a category, or with a `# bypass: KIND`
-    line a list of the bypass detector's (bypass.py)."""
+    """Every `*.txt` or `*.list` file in `directory`: a category, with a `# bypass: KIND`
+    line a list of the bypass detector's (bypass.py), or with `# allow: dns-tunnel` the
+    domains the DNS-tunnel heuristic leaves alone (dns_allow.txt)."""
     folder = Path(directory)
     if not folder.is_dir():
         raise Invalid(f"no category directory at {folder}")
@@ -47,6 +54,7 @@ def load_categories(directory: str | Path) -> CategoryList:
     for path in sorted([*folder.glob("*.txt"), *folder.glob("*.list")]):
         severity = "weekly"
         bypass = None
+        allow = None
         domains = []
         lines = path.read_text(encoding="utf-8").splitlines()
         for raw in lines:
@@ -58,10 +66,16 @@ def load_categories(directory: str | Path) -> CategoryList:
                     severity = value.strip().lower()
                 elif key == "bypass":
                     bypass = bypass_kind_of(value)
+                elif key == "allow":
+                    allow = allow_kind_of(value)
                 continue
             if line:
                 domains.append(line.split()[0])
-        if bypass is not None:
+        if allow is not None:
+            if bypass is not None:
+                raise Invalid(f"{path.name}: a list is either `# bypass:` or `# allow:`")
+            load_allow_list(result.bypass, path, lines)
+        elif bypass is not None:
             load_bypass_list(result.bypass, path, bypass, lines)
         else:
             result.add(path.stem, severity, domains)

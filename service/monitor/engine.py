@@ -11,6 +11,7 @@ epoch seconds) to a sink. The engine itself never touches the database.
 from __future__ import annotations
 
 import ipaddress
+from collections import deque
 from collections.abc import Callable
 
 from service.monitor import bypass, extract, parser, quic
@@ -23,6 +24,7 @@ from service.monitor.stream import Stream, seq_diff
 _PAYLOAD_PACKETS = 4  # how many payload packets per direction are searched for names/P2P
 _TCP_IDLE = 300.0
 _UDP_IDLE = 60.0
+_DNS_TIMEOUT = 10.0  # seconds after which a query with no answer is written as unanswered
 _DNS_PORTS = frozenset({53, 137, 5353, 5355})
 _LOCAL_NAME_PORTS = frozenset({137, 5353, 5355})  # where devices announce their own names
 _DNS_TCP_LIMIT = 65536  # bytes of an unfinished DNS-over-TCP message waited for, per direction
@@ -215,6 +217,10 @@ class Monitor:
         self.pending_dns: dict[
             tuple[bytes, int, bytes, int, int], tuple[float, extract.DnsMessage]
         ] = {}
+        # The unanswered queries' keys in the order they came, with their times: a tick pops
+        # the expired ones off the front instead of copying every pending query each second.
+        # An entry whose query was answered (or asked again) meanwhile is skipped.
+        self._dns_due: deque[tuple[float, tuple[bytes, int, bytes, int, int]]] = deque()
         self.p2p_peers: dict[bytes, str] = {}  # _pair(a, b) -> label
         self.now = 0.0
         self._next_tick = 0.0
@@ -854,7 +860,9 @@ class Monitor:
         if sport in _LOCAL_NAME_PORTS:
             self._local_names(ts, src, sport, payload, src_mac)
         if not msg.is_response:
-            self.pending_dns[(src, sport, dst, dport, msg.trans_id)] = (ts, msg)
+            key = (src, sport, dst, dport, msg.trans_id)
+            self.pending_dns[key] = (ts, msg)
+            self._dns_due.append((ts, key))
             return
         pending = self.pending_dns.pop((dst, dport, src, sport, msg.trans_id), None)
         client, client_port, server, server_port = dst, dport, src, sport
@@ -1021,11 +1029,17 @@ class Monitor:
                         flow.end_reason = "idle"
                     self._close(flow)
                 self._forget(flow)
-        if self.pending_dns:
-            for key, (ts, msg) in list(self.pending_dns.items()):
-                if now - ts > 10.0:
-                    del self.pending_dns[key]
-                    self._unanswered(key, ts, msg)
+        due_dns = self._dns_due
+        if due_dns:
+            pending_dns = self.pending_dns
+            # Capture times barely go backwards: an entry behind a later one waits for it, at
+            # most the few milliseconds the capture reordered them by.
+            while due_dns and now - due_dns[0][0] > _DNS_TIMEOUT:
+                asked, key = due_dns.popleft()
+                pending = pending_dns.get(key)
+                if pending is not None and pending[0] == asked:
+                    del pending_dns[key]
+                    self._unanswered(key, asked, pending[1])
         if self.frags.pending:
             self.frags.expire(now)
         self.recorder.tick(now)
@@ -1041,5 +1055,6 @@ class Monitor:
         for key, (ts, msg) in list(self.pending_dns.items()):
             self._unanswered(key, ts, msg)
         self.pending_dns.clear()
+        self._dns_due.clear()
         self.recorder.finish()
         self.counters.extra["fragment_timeouts"] = self.frags.timeouts

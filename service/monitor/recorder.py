@@ -171,6 +171,7 @@ class Recorder:
         p2p_severity: str = "weekly",
         counters: Counters | None = None,
         bypass_alerts: bool = True,
+        dns_tunnel_allow: tuple[str, ...] = (),
     ) -> None:
         self.sink = sink
         self.site_code = site_code
@@ -187,7 +188,10 @@ class Recorder:
         self._visit_seq = 0
         self.p2p_alerted: dict[str, float] = {}
         # Bypass alerts (bypass.py), on unless the site's policy says `bypass_alerts = false`.
-        self.bypass = BypassDetector(self.categories.bypass) if bypass_alerts else None
+        # `dns_tunnel_allow`: the policy's own additions to dns_allow.txt.
+        self.bypass = (
+            BypassDetector(self.categories.bypass, dns_tunnel_allow) if bypass_alerts else None
+        )
         self.bypass_alerted: dict[tuple[str, str], float] = {}
         # Flows alerted on by their evidence (`evidence`), by (orig, orig port, resp, resp
         # port, protocol, first): their end raises no second alert.

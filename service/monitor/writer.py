@@ -75,9 +75,9 @@ def record_and_write(setup: Setup, batches: Any, results: Any) -> None:
                 if site is None:
                     raise Invalid(f"no site {setup.site_code!r}")
                 timezone = site.timezone
-                bypass_alerts = bypass_alerts_on(session, setup.site_code)
+                bypass_alerts, tunnel_allow = monitor_policy(session, setup.site_code)
             else:
-                bypass_alerts = True
+                bypass_alerts, tunnel_allow = True, ()
             feed = AttributionFeed(
                 site_code=setup.site_code,
                 stale_after=timedelta(seconds=setup.accounting_stale_after),
@@ -113,6 +113,7 @@ def record_and_write(setup: Setup, batches: Any, results: Any) -> None:
         visit_idle_gap=setup.visit_idle_gap,
         counters=counters,
         bypass_alerts=bypass_alerts,
+        dns_tunnel_allow=tunnel_allow,
     )
     calls = [getattr(recorder, name) for name in CALLS]
     errors = 0
@@ -198,10 +199,17 @@ class _Refresher:
 
 def bypass_alerts_on(session: Session, site_code: str) -> bool:
     """The site policy's `[monitor] bypass_alerts` (on for a site with no policy yet)."""
+    return monitor_policy(session, site_code)[0]
+
+
+def monitor_policy(session: Session, site_code: str) -> tuple[bool, tuple[str, ...]]:
+    """The site policy's `[monitor]` section: `bypass_alerts` and `dns_tunnel_allow` (on and
+    none for a site with no policy yet)."""
     try:
-        return load_policy(session, site_code).bypass_alerts
+        policy = load_policy(session, site_code)
     except NotFound:
-        return True
+        return True, ()
+    return policy.bypass_alerts, policy.dns_tunnel_allow
 
 
 def summary_names(session: Session, kept: dict[str, list[Row]]) -> dict[str, dict[int, str]]:

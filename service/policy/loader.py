@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from service.enums import LEVELS, Access, DeviceClass, VisitorVerify
 from service.errors import PolicyError
+from service.monitor.bypass import allow_entry_problem
 from service.policy.model import WHEN_STALE, LocationSpec, Rule, SitePolicy
 from service.text import find_control
 
@@ -57,6 +58,7 @@ RULE_KEYS = {
     "access",
     "description",
 }
+MONITOR_KEYS = {"bypass_alerts", "dns_tunnel_allow"}
 _SITE_CODE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _DURATION = re.compile(r"(\d+)\s*([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -181,10 +183,9 @@ class _Validator:
             when_stale=self.when_stale(data),
             visitor_verify=self.visitor_verify(visitor),
             bypass_alerts=self.boolean(
-                self.table(data, "monitor", {"bypass_alerts"}),
-                "monitor.bypass_alerts",
-                default=True,
+                self.table(data, "monitor", MONITOR_KEYS), "monitor.bypass_alerts", default=True
             ),
+            dns_tunnel_allow=self.dns_tunnel_allow(data),
         )
 
     # -- sections ---------------------------------------------------------------------------
@@ -449,6 +450,27 @@ class _Validator:
             choices = " or ".join(f'"{choice}"' for choice in WHEN_STALE)
             raise self.fail("radius.when_stale", f"{value!r}: use {choices}")
         return str(value)
+
+    def dns_tunnel_allow(self, data: dict[str, Any]) -> tuple[str, ...]:
+        """`[monitor] dns_tunnel_allow`: domains (and their subdomains) whose lookups never
+        count toward a DNS-tunnel alert, e.g. the school's antivirus: registered domains or
+        names under one, never a bare suffix such as "net" or "co.uk"."""
+        value = self.table(data, "monitor", MONITOR_KEYS).get("dns_tunnel_allow", [])
+        if not isinstance(value, list):
+            raise self.fail(
+                "monitor.dns_tunnel_allow", 'a list of domains, e.g. ["example-av.net"]'
+            )
+        names = []
+        for i, entry in enumerate(value):
+            key = f"monitor.dns_tunnel_allow[{i}]"
+            if not isinstance(entry, str):
+                raise self.fail(key, f"{entry!r} must be a domain name in quotes")
+            name = entry.strip().lower().removesuffix(".")
+            problem = allow_entry_problem(name)
+            if problem is not None:
+                raise self.fail(key, problem)
+            names.append(name)
+        return tuple(names)
 
     def visitor_verify(self, visitor: dict[str, Any]) -> VisitorVerify:
         """`[visitor] verify`: "self" (the form alone, the default), "code" (a code reception

@@ -162,6 +162,9 @@ class SitePolicy:
     # `[monitor] bypass_alerts`: the traffic monitor's alerts on attempts to bypass the
     # filter (VPNs, encrypted DNS, Tor, proxies, DNS tunnels); on unless a site says false.
     bypass_alerts: bool = True
+    # `[monitor] dns_tunnel_allow`: the site's own domains (its antivirus, its mail filter's
+    # DNSBLs) added to deploy/categories/dns_allow.txt: never counted toward a DNS tunnel.
+    dns_tunnel_allow: tuple[str, ...] = ()
     # Memo tables the engine fills as it goes (location by NAS identifiers, local clock by
     # minute, boundaries by day). They make repeated decisions cheap and do not change answers.
     _memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)

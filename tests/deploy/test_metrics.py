@@ -314,3 +314,50 @@ def test_coa_run_metrics_count_the_outcomes(westgate, session_factory, run_cli, 
         history = Counter(step["state"] for step in row.history[1:] if step["state"] != "sent")
     assert row.state == "ack"
     assert states == dict(history)
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_coa_run_readyz_follows_the_database(westgate, tmp_path):
+    """`coa run`'s /readyz while PostgreSQL is cut off (a TCP proxy between them, never the
+    shared server): 503 with the reason, the process still running; 200 again once it is back."""
+    from sqlalchemy.engine import make_url
+
+    from tests.db_proxy import CuttableProxy, through
+
+    url = make_url(westgate.db_url)
+    proxy = CuttableProxy((url.host or "127.0.0.1", url.port or 5432))
+    metrics_port = free_tcp_port()
+    process = subprocess.Popen(
+        [*SCHOOLGATE, "coa", "run", "--metrics-port", str(metrics_port)],
+        env={**os.environ, "SCHOOLGATE_DATABASE_URL": through(westgate.db_url, proxy.port)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+
+    def readyz_becomes(status: int) -> tuple[int, str]:
+        deadline = time.monotonic() + 30
+        answer = get(metrics_port, "/readyz")
+        while answer[0] != status and time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()[1]
+            time.sleep(0.2)
+            answer = get(metrics_port, "/readyz")
+        return answer
+
+    try:
+        wait_for_tcp(metrics_port, timeout=60)
+        assert readyz_becomes(200) == (200, "ready\n")
+        proxy.cut()
+        status, body = readyz_becomes(503)
+        assert status == 503, body
+        assert body.startswith("not ready: database: "), body
+        assert len(body.splitlines()) == 1, body
+        assert get(metrics_port, "/healthz") == (200, "ok\n")  # alive, only not ready
+        proxy.restore()
+        assert readyz_becomes(200) == (200, "ready\n")
+        assert process.poll() is None
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        proxy.close()

@@ -325,3 +325,66 @@ def test_unit_commands_run(tmp_path: Path) -> None:
     assert written == ["alerts-all", "coa-all", "incidents-all", "report-all"], written
     page = next((host.state / "reports").glob("report-all-*.txt")).read_text()
     assert "audit chain: verified" in page
+
+
+def test_the_technicians_schoolgate_wrapper(tmp_path: Path) -> None:
+    """deploy/systemd/schoolgate-cli as deploy/README.md installs it (/usr/local/bin/schoolgate),
+    with its paths moved under the test's directory and the service user replaced by this
+    test's own (no `schoolgate` user here): it reads the env file and schoolgate.toml, runs in
+    the state directory, and a mistake is one line on stderr with a non-zero exit."""
+    import grp
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("setpriv --init-groups needs root, as the wrapper is run")
+    script = (UNITS / "schoolgate-cli").read_text()
+    database = tmp_path / "schoolgate.db"
+    host = Host(tmp_path, database)
+    env_file = tmp_path / "schoolgate.env"
+    env_file.write_text(host.path((UNITS / "schoolgate.env").read_text()))
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    group = grp.getgrgid(os.getegid()).gr_name
+    moved = {
+        "/etc/schoolgate/schoolgate.env": str(env_file),
+        "/etc/schoolgate/schoolgate.toml": str(host.config),
+        f"cd {STATE}": f"cd {host.state}",
+        "--reuid=schoolgate --regid=schoolgate": f"--reuid={user} --regid={group}",
+        BINARY: str(Path(sys.executable).with_name("schoolgate")),
+    }
+    for old, new in moved.items():
+        assert script.count(old) == 1, old  # the wrapper as shipped names each exactly once
+        script = script.replace(old, new)
+    wrapper = tmp_path / "schoolgate"
+    wrapper.write_text(script)
+    wrapper.chmod(0o755)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SCHOOLGATE_")}
+
+    def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(wrapper), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env={**clean, "COLUMNS": "200"},
+            cwd=tmp_path,
+            timeout=90,
+            check=False,
+        )
+
+    upgraded = run("db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert database.exists()  # schoolgate.toml's database_url
+    assert (host.state / "audit.key").exists()  # SCHOOLGATE_STATE_DIR from the env file
+    loaded = run("policy", "load", str(DEPLOY / "policies" / "westgate.toml"))
+    assert loaded.returncode == 0, loaded.stderr
+    # deploy/README.md's line: the shared secret on stdin, Cisco's CoA port by default.
+    added = run(
+        "nas", "add", "--site", "westgate", "--name", "wlc1", "--address", "10.0.0.2",
+        "--vendor", "cisco", "--secret", "-", stdin="wlc1-shared-secret\n",
+    )  # fmt: skip
+    assert added.stdout.strip() == "added NAS wlc1 (10.0.0.2, cisco, CoA udp 1700) at westgate"
+    wrong = run("nas", "add", "--site", "narnia", "--name", "x", "--address", "10.0.0.3",
+                "--secret", "-", stdin="another-secret\n")  # fmt: skip
+    assert wrong.returncode != 0
+    assert wrong.stderr.splitlines() == ["error: unknown site 'narnia' (sites: westgate)"]
+    assert "Traceback" not in wrong.stdout + wrong.stderr

@@ -263,3 +263,21 @@ def test_uninitialised_database_says_what_to_do(run_cli) -> None:
     )
     assert result.returncode == 1
     assert "run `schoolgate db upgrade` first" in result.stderr
+
+
+def test_nas_add_takes_the_vendors_coa_port_unless_given(school, run_cli, tmp_path) -> None:
+    """A Cisco controller listens for CoA on udp 1700: `nas add --vendor cisco` without
+    --coa-port stores 1700 and says so, `nas list` shows it; a bad port is refused in one line.
+    (Every vendor's default, and --coa-port overriding it: test_registry.py.)"""
+    secret = tmp_path / "nas.secret"
+    secret.write_text("s3cret-value\n")
+    nas = ("nas", "add", "--site", "westgate", "--secret-file", str(secret), "--vendor", "cisco")
+    added = run_cli(*nas, "--name", "wlc", "--address", "10.0.0.2")
+    assert added.stdout.strip() == "added NAS wlc (10.0.0.2, cisco, CoA udp 1700) at westgate"
+    bad = run_cli(*nas, "--name", "x", "--address", "10.0.0.9", "--coa-port", "70000", check=False)
+    assert bad.returncode != 0
+    assert bad.stderr.strip() == "error: CoA port 70000 is out of range 1-65535", bad.stderr
+    listed = json.loads(run_cli("nas", "list", "--json").stdout)
+    assert [(row["name"], row["vendor"], row["coa_port"]) for row in listed] == [
+        ("wlc", "cisco", 1700)
+    ]

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from service import audit, registry
+from service import audit, registry, sites
 from service.db import transaction
-from service.enums import Access, AgreementKind, DeviceStatus, SignatureSource
+from service.enums import Access, AgreementKind, DeviceStatus, NasVendor, SignatureSource
 from service.errors import Conflict, Invalid, NotFound
 from service.facts import change_version, decide_for_mac, load_snapshot
 from service.models import AuditEntry, Device, Incident, Signature
@@ -268,3 +268,46 @@ def test_retention_purge_removes_only_what_is_past_its_period(westgate, session_
         assert session.scalar(select(func.count(DecisionRecord.id))) == 1
         # The open session is kept however old: it still maps an IP to a device.
         assert session.scalar(select(func.count(AccountingSession.id))) == 2
+
+
+def test_nas_gets_its_vendors_coa_port_unless_one_is_given(westgate, session_factory) -> None:
+    """Cisco and Meraki MR listen for Disconnect/CoA on udp 1700, the others on RFC 5176's 3799
+    (deploy/README.md, section 5, lists the sources); an explicit port wins and is audited."""
+    expected = {
+        NasVendor.GENERIC: 3799,
+        NasVendor.CISCO: 1700,
+        NasVendor.ARUBA: 3799,
+        NasVendor.UNIFI: 3799,
+        NasVendor.MERAKI: 1700,
+        NasVendor.RUCKUS: 3799,
+    }
+    assert set(expected) == set(NasVendor)
+    with transaction(session_factory) as session:
+        for i, vendor in enumerate(NasVendor):
+            registry.add_nas(
+                session,
+                site_code="westgate",
+                name=f"nas-{vendor.value}",
+                address=f"10.9.{i}.0/24",
+                secret="s3cret-value",
+                vendor=vendor.value,
+                actor="it",
+            )
+        registry.add_nas(
+            session,
+            site_code="westgate",
+            name="wlc-rfc",
+            address="10.9.99.1",
+            secret="s3cret-value",
+            vendor="cisco",
+            coa_port=3799,
+            actor="it",
+        )
+    with session_factory() as session:
+        ports = {nas.name: nas.coa_port for nas in sites.list_nas_clients(session=session)}
+        audited = session.scalars(select(AuditEntry).where(AuditEntry.subject == "wlc-rfc")).one()
+    assert {f"nas-{vendor.value}": port for vendor, port in expected.items()}.items() <= (
+        ports.items()
+    )
+    assert ports["wlc-rfc"] == 3799
+    assert audited.detail["coa_port"] == 3799
