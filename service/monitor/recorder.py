@@ -429,14 +429,8 @@ class Recorder:
             self.bypass_early
             and self._early_done((orig_raw, orig_port, resp_raw, resp_port, proto, first))
         ):
-            finding = self.bypass.flow(
-                _PROTO_NAMES.get(proto) or str(proto),
-                client,
-                server,
-                resp_port if server == resp else orig_port,
-                service,
-                name,
-                name_source,
+            finding = self._bypass_finding(
+                proto, client, server, resp, orig_port, resp_port, service, name, name_source
             )
             if finding is not None:
                 self._bypass_alert(first, finding, client, who3)
@@ -571,6 +565,31 @@ class Recorder:
                 name_source = "dns"
         return orig, resp, client, server, who, name, name_source
 
+    def _bypass_finding(
+        self,
+        proto: int,
+        client: str,
+        server: str,
+        resp: str,
+        orig_port: int,
+        resp_port: int,
+        service: str | None,
+        name: str | None,
+        name_source: str | None,
+    ) -> Finding | None:
+        """What the bypass detector makes of a flow, seen from its client (the server's port
+        is the responder's unless the client is the responder)."""
+        assert self.bypass is not None
+        return self.bypass.flow(
+            _PROTO_NAMES.get(proto) or str(proto),
+            client,
+            server,
+            resp_port if server == resp else orig_port,
+            service,
+            name,
+            name_source,
+        )
+
     def evidence(self, ts: float, record: FlowRecord) -> None:
         """A flow that may bypass the filter, as the packet at `ts` shows it (the engine's
         `_evidence`: a VPN signature, CONNECT, DoT, a listed address or name): decided and
@@ -583,14 +602,8 @@ class Recorder:
         _orig, resp, client, server, who, name, name_source = self._who_and_name(
             orig_raw, resp_raw, ts, name, name_source
         )
-        finding = self.bypass.flow(
-            _PROTO_NAMES.get(proto) or str(proto),
-            client,
-            server,
-            resp_port if server == resp else orig_port,
-            service,
-            name,
-            name_source,
+        finding = self._bypass_finding(
+            proto, client, server, resp, orig_port, resp_port, service, name, name_source
         )
         if finding is None:
             return  # the flow's end looks again, with all it learnt by then

@@ -133,8 +133,11 @@ def test_a_live_wireguard_tunnel_alerts_before_it_ends(
     assert monitor.returncode == 0, err
     assert [(a.kind, a.category, a.mac) for a in alerts] == [("vpn", "bypass", None)], err
     assert waited < 20
-    assert flows == []  # the tunnel had not ended: its flow row comes when it does
+    # The tunnel had not ended: its flow row comes when it does.
+    assert [f for f in flows if f.service == "wireguard"] == []
     with session_factory() as session:
         # Stopping the monitor ends the flow: its row now, and no second alert.
-        assert session.scalar(select(TrafficFlow.service)) == "wireguard"
+        # (the kernel's own IPv6 neighbour discovery on a new veth may add flows of its own)
+        services = list(session.scalars(select(TrafficFlow.service)))
+        assert services.count("wireguard") == 1, services
         assert len(list(session.scalars(select(TrafficAlert)))) == 1
