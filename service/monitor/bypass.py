@@ -155,9 +155,11 @@ _VPN_SERVICES = {
     "ipsec": "IPsec ESP in UDP (port 4500)",
 }
 # IP protocols that are themselves tunnels, as the recorder names them (by number).
-_TUNNEL_PROTOCOLS = {"50": "IPsec ESP (IP protocol 50)", "47": "GRE (IP protocol 47, PPTP)"}
-_PPTP_PORT = 1723
-_DOT_PORT = 853
+# IP protocols, ports: also what the engine (engine.py) sends as evidence on a first packet.
+TUNNEL_PROTOCOLS = {50: "IPsec ESP (IP protocol 50)", 47: "GRE (IP protocol 47, PPTP)"}
+_TUNNEL_BY_NAME = {str(number): what for number, what in TUNNEL_PROTOCOLS.items()}
+PPTP_PORT = 1723
+DOT_PORT = 853
 _FLOW_SERVICES = frozenset({*_VPN_SERVICES, "http-connect"})
 _LISTED = {
     BypassKind.ENCRYPTED_DNS: "DNS over HTTPS resolver",
@@ -449,11 +451,11 @@ class BypassDetector:
                 )
             kind, what = BypassKind.VPN, _VPN_SERVICES[service]
             entry = self.lists.match_address(server, server_port)
-        elif proto in _TUNNEL_PROTOCOLS:
-            return Finding(BypassKind.VPN, f"{_TUNNEL_PROTOCOLS[proto]}: {client} -> {server}")
-        elif server_port == _PPTP_PORT and proto == "tcp":
+        elif proto in _TUNNEL_BY_NAME:
+            return Finding(BypassKind.VPN, f"{_TUNNEL_BY_NAME[proto]}: {client} -> {server}")
+        elif server_port == PPTP_PORT and proto == "tcp":
             kind, what = BypassKind.VPN, "PPTP control connection"
-        elif server_port == _DOT_PORT:
+        elif server_port == DOT_PORT:
             kind = BypassKind.ENCRYPTED_DNS
             what = "DNS over TLS (port 853)" if proto == "tcp" else "DNS over QUIC (port 853)"
         elif server_port in _DNS_PORTS:

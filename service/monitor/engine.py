@@ -54,8 +54,9 @@ _LOCAL_SOURCES = {137: "netbios", 5353: "mdns", 5355: "llmnr"}
 
 # A new flow that looks like a bypass attempt by its first packet alone (bypass.py decides):
 # DoT/DoQ (853), PPTP (1723 over TCP), IP protocols that are tunnels (GRE 47, ESP 50).
-_EVIDENCE_PORT = 853
-_PPTP_PORT = 1723
+_EVIDENCE_PORT = bypass.DOT_PORT
+_PPTP_PORT = bypass.PPTP_PORT
+_TUNNEL_PROTOCOLS = frozenset(bypass.TUNNEL_PROTOCOLS)
 _EVIDENCE_DUE, _EVIDENCE_SENT = 1, 2
 _NAME_CACHE = 100_000
 
@@ -547,7 +548,7 @@ class Monitor:
         self._flows_due.add(flow, ts + flow.timeout)
         self.counters.flows += 1
         if (
-            (proto != _TCP and proto != _UDP)  # noqa: PLR1714 (speed: two int compares)
+            proto in _TUNNEL_PROTOCOLS
             or flow.resp_port == _EVIDENCE_PORT
             or (flow.resp_port == _PPTP_PORT and proto == _TCP)
             or (

@@ -197,11 +197,6 @@ class _Refresher:
         self.failing = False
 
 
-def bypass_alerts_on(session: Session, site_code: str) -> bool:
-    """The site policy's `[monitor] bypass_alerts` (on for a site with no policy yet)."""
-    return monitor_policy(session, site_code)[0]
-
-
 def monitor_policy(session: Session, site_code: str) -> tuple[bool, tuple[str, ...]]:
     """The site policy's `[monitor]` section: `bypass_alerts` and `dns_tunnel_allow` (on and
     none for a site with no policy yet)."""

@@ -17,7 +17,7 @@ from service.errors import Invalid, PolicyError
 from service.monitor import bypass
 from service.monitor.categories import load_categories
 from service.monitor.recorder import Recorder
-from service.monitor.writer import bypass_alerts_on
+from service.monitor.writer import monitor_policy
 from service.policy import load_policy_text
 from service.sites import store_policy
 from tests.monitor import traffic as t
@@ -352,7 +352,7 @@ def test_monitor_run_flags_wireguard_then_export_alerts(westgate, run_cli, tmp_p
 def test_writer_reads_the_switch_from_the_policy_in_force(westgate, session_factory) -> None:
     """`monitor run --site` starts its recorder with the site policy's switch."""
     with transaction(session_factory) as session:
-        assert bypass_alerts_on(session, "westgate") is True
+        assert monitor_policy(session, "westgate")[0] is True
         store_policy(
             session,
             text=WESTGATE_POLICY.read_text() + "\n[monitor]\nbypass_alerts = false\n",
@@ -360,4 +360,4 @@ def test_writer_reads_the_switch_from_the_policy_in_force(westgate, session_fact
             actor="test",
         )
     with transaction(session_factory) as session:
-        assert bypass_alerts_on(session, "westgate") is False
+        assert monitor_policy(session, "westgate")[0] is False

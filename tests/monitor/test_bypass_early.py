@@ -11,8 +11,8 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
+from scapy.layers.inet import ICMP, IP, UDP
+from scapy.layers.l2 import GRE, Ether
 from scapy.packet import Packet, Raw
 from sqlalchemy import select
 
@@ -77,6 +77,33 @@ def test_alert_time_is_the_evidence_packet_and_a_two_hour_tunnel_alerts_once(
     assert tunnel["duration"] > 7000
     assert alerts["proxy"]["raised_at"] == _at(float(proxy[3].time))
     assert alerts["proxy"]["raised_at"] != _at(float(proxy[0].time))
+
+
+def test_gre_and_esp_alert_at_their_first_packet_and_a_ping_raises_none(run_file, tmp_path) -> None:
+    """Tunnel protocols (GRE 47, ESP 50) are evidence from their first packet; another IP
+    protocol (ICMP) is nothing the bypass check looks at. (Two clients: one alert per device
+    and kind an hour.)"""
+    pkts = []
+    for i, inner in enumerate(
+        [
+            IP(src=t.LAPTOP_IP, dst="198.51.100.7") / GRE() / Raw(b"x" * 20),
+            IP(src=t.VISITOR_IP, dst="198.51.100.8", proto=50) / Raw(bytes(8) + b"y" * 20),
+            IP(src=t.LAPTOP_IP, dst="198.51.100.9") / ICMP(),
+        ]
+    ):
+        pkt = Ether(src=t.LAPTOP_MAC, dst=t.ROUTER_MAC) / inner
+        pkt.time = t.T0 + i
+        pkts.append(pkt)
+    recorded = run_file(t.write(tmp_path / "tunnels.pcap", pkts))
+    alerts = sorted(
+        (a["raised_at"], a["evidence"].split(":")[0])
+        for a in recorded.of("alerts")
+        if a["category"] == "bypass"
+    )
+    assert alerts == [
+        (_at(t.T0), "GRE (IP protocol 47, PPTP)"),
+        (_at(t.T0 + 1), "IPsec ESP (IP protocol 50)"),
+    ]
 
 
 @pytest.mark.netns
